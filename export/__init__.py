@@ -1,0 +1,135 @@
+"""export/: a Hugging Face causal LM (folder, GGUF, hub id) -> an slm package folder.
+
+    build_package(source, out, quant="int4")
+
+writes model.onnx (GroupQueryAttention, MatMulNBits), tokenizer.json and manifest.json.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from export.architectures import float_weights, rotary_tables, spec_of
+from export.graph import build_graph
+from export.quantize import NBitsWeight, quantize_rtn
+from slm.errors import SourceError
+from slm.package import (Dimensions, KVLayout, Manifest, QUANT_MODES, Quantization, read_manifest,
+                         write_manifest)
+from slm.sources import Source, load_model, resolve_source
+
+EXTERNAL_DATA_BYTES = 1 << 30       # weights past 1 GiB go to model.onnx.data
+DEFAULT_MAX_POSITIONS = 8192
+
+
+def _log(msg: str) -> None:
+    print(f"[export] {msg}", file=sys.stderr, flush=True)
+
+
+def _is_linear(name: str) -> bool:
+    return name.endswith("_proj.weight") or name == "lm_head.weight"
+
+
+def quantize_weights(weights: dict, mode: str, *, block_size: int = 32, gguf_path: str | None = None,
+                     head_dim: int = 0) -> tuple[dict, Quantization]:
+    """Replace linear (and embedding) weights according to `mode`; return them and the record."""
+    if mode in ("fp32", "fp16"):
+        return weights, Quantization(mode=mode)
+    out = dict(weights)
+    if mode == "gguf":
+        from export.gguf_carry import carry_gguf
+        carried, report = carry_gguf(gguf_path, weights, head_dim)
+        out.update(carried)
+        types = ",".join(f"{k}x{v}" for k, v in sorted(report["types"].items()))
+        notes = f"blocks carried from GGUF ({types}); max |dequant - transformers| = {report['max_abs_diff']:.2g}"
+        if report["requantized_8bit"]:
+            notes += f"; re-quantised to 8 bits: {len(report['requantized_8bit'])} tensors"
+        bits = min(w.bits for w in carried.values())
+        return out, Quantization(mode="gguf", bits=bits, block_size=min(w.block_size for w in carried.values()),
+                                 source=f"gguf:{types}", notes=notes)
+    bits = {"int4": 4, "int8": 8}[mode]
+    for name, w in weights.items():
+        if _is_linear(name) or name == "model.embed_tokens.weight":
+            # embeddings and the head keep 8 bits: they measure far worse at 4 (docs/QUANTIZATION.md)
+            b = 8 if name in ("model.embed_tokens.weight", "lm_head.weight") else bits
+            out[name] = quantize_rtn(w, b, block_size)
+    return out, Quantization(mode=mode, bits=bits, block_size=block_size,
+                             notes="round-to-nearest asymmetric; embedding and lm_head at 8 bits")
+
+
+def build_package(source: str | Source | None, out: str | Path, *, quant: str | None = None,
+                  accuracy_level: int = 0, block_size: int = 32, max_positions: int | None = None,
+                  attention_stats: bool = False, model=None, tokenizer=None, overwrite: bool = True) -> Manifest:
+    """Export `source` into the package folder `out`. `quant=None` picks "gguf" for a GGUF source
+    (its own blocks carried over) and "int4" otherwise. `model`/`tokenizer` skip loading (tests)."""
+    t0 = time.time()
+    src = source if isinstance(source, Source) or model is not None else resolve_source(source)
+    if quant is None:
+        quant = "gguf" if getattr(src, "kind", "") == "gguf" else "int4"
+    if quant not in QUANT_MODES:
+        raise SourceError(f"--quant {quant!r} is not a quantisation mode; accepted: {', '.join(QUANT_MODES)}")
+    if quant == "gguf" and getattr(src, "kind", "") != "gguf":
+        raise SourceError("--quant gguf carries a GGUF file's blocks; the source is not a .gguf (use int4 or int8)")
+    if model is None:
+        _log(f"loading {src.path} ({src.kind})")
+        model, tokenizer = load_model(src)
+    config = model.config
+    max_pos = max_positions or min(getattr(config, "max_position_embeddings", DEFAULT_MAX_POSITIONS), DEFAULT_MAX_POSITIONS)
+    spec = spec_of(config, max_pos)
+    weights = float_weights(model, spec)
+    rope = rotary_tables(model, spec, max_pos)
+    _log(f"{spec.architecture}: {spec.num_layers} layers, hidden {spec.hidden_size}, heads {spec.num_heads}/{spec.num_kv_heads}; quantising ({quant})")
+    weights, qrec = quantize_weights(weights, quant, block_size=block_size,
+                                     gguf_path=getattr(src, "path", None), head_dim=spec.head_dim)
+    qrec = Quantization(**{**qrec.__dict__, "accuracy_level": accuracy_level if qrec.bits else 0})
+    kv_dtype = "float16" if quant == "fp16" else "float32"
+    _log("building the graph")
+    onnx_model, io, kv = build_graph(spec, weights, rope, kv_dtype=kv_dtype, accuracy_level=accuracy_level,
+                                     attention_stats=attention_stats)
+    out = Path(out)
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_onnx(onnx_model, out / "model.onnx")
+    tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    manifest = Manifest(
+        architecture=spec.architecture,
+        dims=Dimensions(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
+                        num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
+                        max_positions=max_pos),
+        kv=KVLayout(dtype=kv_dtype, default_capacity=max_pos, sliding_window=list(spec.sliding_window), **kv),
+        quant=qrec, io=io,
+        bos_token_id=tokenizer.bos_token_id, eos_token_ids=_eos_ids(model, tokenizer),
+        pad_token_id=tokenizer.pad_token_id, chat_template=getattr(tokenizer, "chat_template", None),
+        bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "",
+        add_bos_token=bool(getattr(tokenizer, "add_bos_token", False)),
+        source=str(getattr(src, "path", "in-memory model")))
+    write_manifest(out, manifest)
+    read_manifest(out)      # what we wrote must be what the runtime accepts
+    size = sum(f.stat().st_size for f in out.iterdir()) / 2 ** 20
+    _log(f"wrote {out} ({size:.0f} MiB) in {time.time() - t0:.0f} s")
+    return manifest
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = []
+    gen = getattr(model, "generation_config", None)
+    for v in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+        for i in (v if isinstance(v, (list, tuple)) else [v]):
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def _save_onnx(model, path: Path) -> None:
+    import onnx
+
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))

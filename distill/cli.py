@@ -1,0 +1,150 @@
+"""`slm distill rationales | train | eval`: the three stages of distilling step-by-step.
+
+`register(subparsers)` adds the subcommands; each sets `func`, called as `func(args) -> int`.
+`python -m distill ...` runs the same commands without the rest of slm.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from slm.errors import SlmError
+
+TEACHERS = ("recorded", "human", "local", "openai")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    r = subparsers.add_parser("rationales", help="ask a teacher for a rationale and answer per input (resumable)")
+    _task_args(r)
+    r.add_argument("--split", default="train", help="train | test (default train)")
+    r.add_argument("--teacher", required=True, choices=TEACHERS,
+                   help="recorded: the paper's PaLM-540B outputs; human: the data's own explanations; "
+                        "local: a transformers model (--model); openai: an OpenAI-compatible endpoint")
+    r.add_argument("--model", help="local: HF folder, .gguf or 'smollm2'; openai: the model name")
+    r.add_argument("--base-url", help="openai: e.g. http://127.0.0.1:8000/v1")
+    r.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="openai: default $OPENAI_API_KEY")
+    r.add_argument("--endpoint", default="completions", choices=("completions", "chat"))
+    r.add_argument("--concurrency", type=int, default=4, help="openai: requests in flight (default 4)")
+    r.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request (default 60)")
+    r.add_argument("--retries", type=int, default=3, help="openai: retries with backoff (default 3)")
+    r.add_argument("--max-new-tokens", type=int, default=256, help="live teachers: completion length")
+    r.add_argument("--batch-size", type=int, default=4, help="local: prompts per generate call")
+    r.add_argument("--filter-disagreeing", action="store_true",
+                   help="reject rationales whose answer differs from the gold label")
+    r.add_argument("--limit", type=int, help="only the first N inputs of the split")
+    r.add_argument("--out", required=True, help="rationale store (JSONL); re-run to resume")
+    r.set_defaults(func=_rationales)
+
+    t = subparsers.add_parser("train", help="train a student on labels (+ rationales: step-by-step)")
+    _task_args(t)
+    t.add_argument("--student", required=True, help="HF checkpoint folder, .gguf file, or 'smollm2'")
+    t.add_argument("--out", required=True, help="output folder: HF checkpoint + training_record.json")
+    t.add_argument("--rationales", help="rationale store; omit for standard fine-tuning")
+    t.add_argument("--lam", type=float, default=1.0, help="λ in label_loss + λ·rationale_loss (default 1)")
+    t.add_argument("--label-source", default="gold", choices=("gold", "teacher"))
+    t.add_argument("--train-fraction", type=float, default=1.0, help="share of the train split (default 1)")
+    t.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--lr", type=float, default=5e-5)
+    t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--max-len", type=int, default=256)
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (0: end only)")
+    t.add_argument("--eval-limit", type=int, default=50, help="test inputs per evaluation (0: all)")
+    t.add_argument("--save-every", type=int, default=0, help="steps between resumable checkpoints (0: none)")
+    t.add_argument("--max-new-tokens", type=int, default=32)
+    t.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_train)
+
+    e = subparsers.add_parser("eval", help="accuracy of a trained student on a split")
+    _task_args(e)
+    e.add_argument("--model", required=True, help="checkpoint folder written by `train`")
+    e.add_argument("--split", default="test")
+    e.add_argument("--limit", type=int)
+    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--predictions", help="write each prediction to this JSONL file")
+    e.set_defaults(func=_eval)
+
+
+def _task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="svamp | esnli | cqa | jsonl")
+    p.add_argument("--data", help="task data folder (SVAMP defaults to the bundled copy)")
+
+
+def _teacher(args: argparse.Namespace, task):
+    from distill import teachers
+
+    if args.teacher == "recorded":
+        return teachers.RecordedTeacher.for_split(task, args.split)
+    if args.teacher == "human":
+        return teachers.HumanTeacher()
+    if not args.model:
+        raise SlmError(f"teacher {args.teacher!r} needs --model")
+    if args.teacher == "local":
+        return teachers.LocalTeacher.from_source(args.model, max_new_tokens=args.max_new_tokens,
+                                                 batch_size=args.batch_size)
+    if not args.base_url:
+        raise SlmError("teacher 'openai' needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+    return teachers.OpenAITeacher(teachers.EndpointConfig(
+        base_url=args.base_url, model=args.model, api_key=args.api_key, endpoint=args.endpoint,
+        concurrency=args.concurrency, timeout_s=args.timeout, retries=args.retries, max_tokens=args.max_new_tokens))
+
+
+def _rationales(args: argparse.Namespace) -> int:
+    from distill.rationales import generate_rationales
+    from distill.tasks import get_task
+
+    task = get_task(args.task, args.data)
+    run = generate_rationales(task, args.split, _teacher(args, task), args.out,
+                              filter_disagreeing=args.filter_disagreeing, limit=args.limit)
+    if run.store.repaired_partial_lines:
+        print(f"repaired: cut {run.store.repaired_partial_lines} partial line left by an interrupted run")
+    print(run.line())
+    for detail, count in run.failures.items():
+        print(f"  teacher failure x{count}: {detail}")
+    return 0 if run.failed == 0 else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from distill.train import TrainConfig, train
+
+    config = TrainConfig(
+        student=args.student, task=args.task, out=args.out, data=args.data, rationales=args.rationales,
+        lam=args.lam, label_source=args.label_source, train_fraction=args.train_fraction, steps=args.steps,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
+        max_len=args.max_len, log_every=args.log_every, eval_every=args.eval_every,
+        eval_limit=args.eval_limit or None, save_every=args.save_every, max_new_tokens=args.max_new_tokens,
+        mixed_precision=args.mixed_precision, seed=args.seed)
+    record = train(config)
+    print(json.dumps({"steps": record.steps, "final_eval": record.final_eval, "left_out": record.left_out,
+                      "seconds": record.seconds}))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from distill.evaluate import evaluate_checkpoint
+    from distill.tasks import get_task
+
+    result = evaluate_checkpoint(args.model, get_task(args.task, args.data), args.split, limit=args.limit,
+                                 max_new_tokens=args.max_new_tokens, predictions_out=args.predictions)
+    print(result.line())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distill", description=__doc__.splitlines()[0])
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SlmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""The decoder as an ONNX graph, built op by op and read top to bottom:
+
+    input_ids ─► embed ─► [block] x L ─► final norm ─► lm_head ─► logits (last n positions)
+
+    block (pre-norm; Gemma 3 adds the two bracketed norms):
+
+      x ─► RMSNorm ─► QKV MatMul ─► (Gemma: per-head RMSNorm on q, k) ─► GroupQueryAttention ─► o MatMul
+      │                                rotary at explicit position_ids,         │
+      │                                KV appended in the shared buffer         ▼
+      │                                                                (Gemma: RMSNorm)
+      └──────────────────────────────── + ◄──────────────────────────────────────┘   (SkipSimplifiedLayerNorm)
+                                         │
+                  RMSNorm ─► gate/up MatMul ─► act(gate) * up ─► down MatMul ─► (Gemma: RMSNorm) ─► + next block
+
+Positions are graph inputs: a cache compacted by eviction keeps each key at its true rotary position
+and new tokens continue the true position, whatever slot they land in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from export.quantize import NBitsWeight, concat_rows
+from slm.package import GraphIO
+
+OPSET = 21
+IR_VERSION = 10     # onnx 1.23 writes IR 14 by default, which ONNX Runtime <= 1.31 rejects
+MS = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the graph needs to know about the architecture, read off a HF config."""
+    architecture: str           # "llama" | "gemma3"
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    activation: str             # "silu" | "gelu_tanh"
+    attn_scale: float
+    sliding_window: tuple[int, ...]   # per layer, 0 = global attention
+    rope_of_layer: tuple[str, ...]    # per layer, a key of the rotary tables
+    qk_norm: bool = False
+    sandwich_norm: bool = False       # Gemma: norms after attention and after the MLP
+    embed_scale: float = 1.0
+    final_logit_softcap: float = 0.0
+    tied_embeddings: bool = True
+
+
+class Graph:
+    """A list of nodes and initializers; `op` returns the output name(s)."""
+
+    def __init__(self, float_type: int):
+        self.nodes, self.inits, self.inputs, self.outputs = [], [], [], []
+        self.float_type = float_type
+        self._n = 0
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        if array.dtype in (np.float32, np.float64, np.float16):
+            array = array.astype(np.float16 if self.float_type == TensorProto.FLOAT16 else np.float32)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", name: str = "", **attrs):
+        self._n += 1
+        node_name = name or f"{op_type}_{self._n}"
+        outs = [f"{node_name}/out{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=node_name, domain=domain, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def input(self, name: str, elem: int, shape: list):
+        self.inputs.append(helper.make_tensor_value_info(name, elem, shape))
+        return name
+
+    def output(self, src: str, name: str, elem: int, shape: list):
+        self.nodes.append(helper.make_node("Identity", [src], [name], name=f"out/{name}"))
+        self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
+
+
+def linear(g: Graph, x: str, w, name: str, bias: np.ndarray | None, accuracy_level: int) -> str:
+    """y = x @ W.T (+ b), W in torch layout (out, in): MatMulNBits when quantised, else MatMul."""
+    if isinstance(w, NBitsWeight) and w.zero_points.dtype == np.float32:
+        return linear_float_zero_point(g, x, w, name, bias, accuracy_level)
+    if isinstance(w, NBitsWeight):
+        n, k = w.shape
+        ins = [x, g.init(f"{name}.qweight", w.packed()), g.init(f"{name}.scales", w.scales.reshape(-1)),
+               g.init(f"{name}.zero_points", w.packed_zero_points())]
+        if bias is not None:
+            ins += ["", g.init(f"{name}.bias", bias)]
+        return g.op("MatMulNBits", ins, domain=MS, name=name, K=k, N=n, bits=w.bits,
+                    block_size=w.block_size, accuracy_level=accuracy_level)
+    y = g.op("MatMul", [x, g.init(f"{name}.weight", np.ascontiguousarray(w.T))], name=name)
+    return y if bias is None else g.op("Add", [y, g.init(f"{name}.bias", bias)])
+
+
+def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, accuracy_level: int) -> str:
+    """4-bit blocks with float zero points (GGUF Q4_1, Q4_K) on ONNX Runtime's fast symmetric kernel.
+
+    w = s * (q - zp) = s * (q - 8) + o,   o = s * (8 - zp), one offset per block, so
+
+        x ─► MatMulNBits(q, s; zero point 8) ───────────────────────────► + ─► y
+        └──► sum x over each block (B, S, K/bs) ─► MatMul(o.T (K/bs, N)) ─┘
+
+    exact in real arithmetic; ONNX Runtime's CPU kernel for float zero points is ~20x slower.
+    """
+    n, k = w.shape
+    ins = [x, g.init(f"{name}.qweight", w.packed()), g.init(f"{name}.scales", w.scales.reshape(-1))]
+    main = g.op("MatMulNBits", ins, domain=MS, name=name, K=k, N=n, bits=4, block_size=w.block_size,
+                accuracy_level=accuracy_level)
+    offsets = w.scales * (8.0 - w.zero_points)                                   # (N, K/bs)
+    blocks = g.op("Reshape", [x, g.init(f"{name}.block_shape", np.array([0, 0, k // w.block_size, w.block_size], np.int64))])
+    sums = g.op("ReduceSum", [blocks, g.init(f"{name}.block_axis", np.array([-1], np.int64))], keepdims=0)
+    y = g.op("Add", [main, g.op("MatMul", [sums, g.init(f"{name}.block_offsets", np.ascontiguousarray(offsets.T))])])
+    return y if bias is None else g.op("Add", [y, g.init(f"{name}.bias", bias)])
+
+
+def fuse(weights: list, biases: list):
+    """One projection for several (QKV, gate/up) when their storage agrees, else None."""
+    if all(isinstance(w, NBitsWeight) for w in weights):
+        try:
+            w = concat_rows(weights)
+        except ValueError:
+            return None
+    elif all(isinstance(w, np.ndarray) for w in weights):
+        w = np.concatenate(weights)
+    else:
+        return None
+    b = None if biases[0] is None else np.concatenate(biases)
+    return w, b
+
+
+def rms_norm(g: Graph, x: str, gamma: str, eps: float) -> str:
+    return g.op("SimplifiedLayerNormalization", [x, gamma], axis=-1, epsilon=eps, stash_type=1)
+
+
+def head_rms_norm(g: Graph, x: str, gamma: str, eps: float, heads: int, head_dim: int) -> str:
+    """Gemma's QK-norm: RMSNorm over each head's vector.  (B, S, nh*hd) -> (B, S, nh, hd) -> back."""
+    shape4 = g.init(f"shape/{x}/4d", np.array([0, 0, heads, head_dim], np.int64))
+    shape3 = g.init(f"shape/{x}/3d", np.array([0, 0, heads * head_dim], np.int64))
+    y = rms_norm(g, g.op("Reshape", [x, shape4]), gamma, eps)
+    return g.op("Reshape", [y, shape3])
+
+
+def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.ndarray]], *,
+                kv_dtype: str = "float32", accuracy_level: int = 0,
+                attention_stats: bool = False) -> tuple[onnx.ModelProto, GraphIO, dict]:
+    """weights: HF names -> float array (torch layout) or NBitsWeight; rope: key -> (cos, sin) (P, hd/2).
+
+    Returns the model, its IO names, and the KV tensor names per layer.
+    """
+    ft = TensorProto.FLOAT16 if kv_dtype == "float16" else TensorProto.FLOAT
+    g = Graph(ft)
+    io = GraphIO(attention_mass=[f"attention_mass.{i}" for i in range(spec.num_layers)] if attention_stats else [])
+    nh, nkv, hd, H = spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.hidden_size
+    eps = spec.rms_norm_eps
+    ids = g.input(io.input_ids, TensorProto.INT64, ["batch", "seq"])
+    pos = g.input(io.position_ids, TensorProto.INT64, ["batch", "seq"])
+    seqlens_k = g.input(io.seqlens_k, TensorProto.INT32, ["batch"])
+    total_len = g.input(io.total_sequence_length, TensorProto.INT32, [])
+    keep = g.input(io.num_logits_to_keep, TensorProto.INT64, [])
+    kv_names = {k: [] for k in ("past_key", "past_value", "present_key", "present_value")}
+    rope_inits = {key: (g.init(f"rope/{key}/cos", c), g.init(f"rope/{key}/sin", s)) for key, (c, s) in rope.items()}
+
+    # --- embedding -------------------------------------------------------------------------------
+    table = weights["model.embed_tokens.weight"]
+    if isinstance(table, NBitsWeight):     # (V, H) 8-bit blocks, dequantised on gather
+        v, hidden = table.shape
+        x = g.op("GatherBlockQuantized", [g.init("embed.q", table.q), ids,
+                                          g.init("embed.scales", table.scales), g.init("embed.zero_points", table.zero_points)],
+                 domain=MS, gather_axis=0, quantize_axis=1, block_size=table.block_size, bits=table.bits)
+    else:
+        embed_name = g.init("model.embed_tokens.weight", table)
+        x = g.op("Gather", [embed_name, ids])
+    if spec.embed_scale != 1.0:
+        x = g.op("Mul", [x, g.init("embed_scale", np.array(spec.embed_scale, np.float32))])
+
+    # --- blocks ----------------------------------------------------------------------------------
+    residual, pending = x, None      # `pending` is the last sub-layer output not yet added to `residual`
+    for i in range(spec.num_layers):
+        p = f"model.layers.{i}."
+        ln1 = g.init(p + "input_layernorm.weight", weights[p + "input_layernorm.weight"])
+        if pending is None:
+            h = rms_norm(g, residual, ln1, eps)
+        else:
+            h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, ln1], n_out=4,
+                                     domain=MS, epsilon=eps)
+
+        # attention
+        a = p + "self_attn."
+        projs = [weights[a + f"{n}_proj.weight"] for n in "qkv"]
+        biases = [weights.get(a + f"{n}_proj.bias") for n in "qkv"]
+        fused = fuse(projs, biases)
+        if fused is not None:
+            qkv = linear(g, h, fused[0], a + "qkv_proj", fused[1], accuracy_level)
+            if spec.qk_norm:
+                q, k, v = g.op("Split", [qkv, g.init(a + "qkv_split", np.array([nh * hd, nkv * hd, nkv * hd], np.int64))],
+                               n_out=3, axis=-1)
+            else:
+                q, k, v = qkv, "", ""                                # packed QKV into GQA
+        else:
+            q, k, v = (linear(g, h, w, a + f"{n}_proj", b, accuracy_level) for w, b, n in zip(projs, biases, "qkv"))
+        if spec.qk_norm:
+            q = head_rms_norm(g, q, g.init(a + "q_norm.weight", weights[a + "q_norm.weight"]), eps, nh, hd)
+            k = head_rms_norm(g, k, g.init(a + "k_norm.weight", weights[a + "k_norm.weight"]), eps, nkv, hd)
+        past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+        for name in (past_k, past_v):
+            g.input(name, ft, ["batch", nkv, "capacity", hd])
+        cos, sin = rope_inits[spec.rope_of_layer[i]]
+        window = spec.sliding_window[i]
+        outs = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total_len, cos, sin, pos],
+                    n_out=4 if attention_stats else 3, domain=MS, name=a + "gqa",
+                    num_heads=nh, kv_num_heads=nkv, scale=spec.attn_scale, do_rotary=1,
+                    local_window_size=window - 1 if window else -1, **({"qk_output": 2} if attention_stats else {}))
+        attn, present_k, present_v = outs[:3]
+        g.output(present_k, f"present.{i}.key", ft, ["batch", nkv, "capacity", hd])
+        g.output(present_v, f"present.{i}.value", ft, ["batch", nkv, "capacity", hd])
+        kv_names["past_key"].append(past_k)
+        kv_names["past_value"].append(past_v)
+        kv_names["present_key"].append(f"present.{i}.key")
+        kv_names["present_value"].append(f"present.{i}.value")
+        if attention_stats:   # (B, nh, S, T) probabilities -> mass per KV head and cache slot (B, nkv, T)
+            mass = g.op("ReduceSum", [outs[3], g.init(f"axes/{i}/q", np.array([2], np.int64))], keepdims=0)
+            grouped = g.op("Reshape", [mass, g.init(f"shape/{i}/grouped", np.array([0, nkv, nh // nkv, -1], np.int64))])
+            mass = g.op("ReduceSum", [grouped, g.init(f"axes/{i}/g", np.array([2], np.int64))], keepdims=0)
+            g.output(mass, io.attention_mass[i], TensorProto.FLOAT, ["batch", nkv, "total"])
+        o = linear(g, attn, weights[a + "o_proj.weight"], a + "o_proj", weights.get(a + "o_proj.bias"), accuracy_level)
+        if spec.sandwich_norm:
+            o = rms_norm(g, o, g.init(p + "post_attention_layernorm.weight", weights[p + "post_attention_layernorm.weight"]), eps)
+            ln2_name = p + "pre_feedforward_layernorm.weight"
+        else:
+            ln2_name = p + "post_attention_layernorm.weight"
+        h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [o, residual, g.init(ln2_name, weights[ln2_name])],
+                                 n_out=4, domain=MS, epsilon=eps)
+
+        # MLP
+        m = p + "mlp."
+        inter = weights[m + "gate_proj.weight"].shape[0]
+        fused = fuse([weights[m + "gate_proj.weight"], weights[m + "up_proj.weight"]], [None, None])
+        if fused is not None:
+            gate, up = g.op("Split", [linear(g, h, fused[0], m + "gate_up_proj", None, accuracy_level),
+                                      g.init(m + "split", np.array([inter, inter], np.int64))], n_out=2, axis=-1)
+        else:
+            gate = linear(g, h, weights[m + "gate_proj.weight"], m + "gate_proj", None, accuracy_level)
+            up = linear(g, h, weights[m + "up_proj.weight"], m + "up_proj", None, accuracy_level)
+        if spec.activation == "silu":
+            act = g.op("QuickGelu", [gate], domain=MS, alpha=1.0)          # x * sigmoid(x)
+        else:
+            act = g.op("FastGelu", [gate], domain=MS)                       # tanh-approximated GELU
+        pending = linear(g, g.op("Mul", [act, up]), weights[m + "down_proj.weight"], m + "down_proj", None, accuracy_level)
+        if spec.sandwich_norm:
+            pending = rms_norm(g, pending, g.init(p + "post_feedforward_layernorm.weight",
+                                                  weights[p + "post_feedforward_layernorm.weight"]), eps)
+
+    # --- head: only the last `num_logits_to_keep` positions -----------------------------------------
+    start = g.op("Neg", [g.op("Unsqueeze", [keep, g.init("axes/0", np.array([0], np.int64))])])
+    end, axis = g.init("slice/end", np.array([2 ** 62], np.int64)), g.init("slice/axis", np.array([1], np.int64))
+    pending = g.op("Slice", [pending, start, end, axis])
+    residual = g.op("Slice", [residual, start, end, axis])
+    h = g.op("SkipSimplifiedLayerNormalization", [pending, residual, g.init("model.norm.weight", weights["model.norm.weight"])],
+             domain=MS, epsilon=eps)
+    head = weights.get("lm_head.weight", table)
+    if isinstance(head, np.ndarray) and head is table and not isinstance(table, NBitsWeight):
+        flat = g.op("Reshape", [h, g.init("shape/flat", np.array([-1, H], np.int64))])      # share the table
+        logits = g.op("Gemm", [flat, embed_name], transB=1)
+        logits = g.op("Reshape", [logits, g.op("Concat", [g.op("Slice", [g.op("Shape", [h]), g.init("s0", np.array([0], np.int64)),
+                                                                           g.init("s2", np.array([2], np.int64))]),
+                                                          g.init("vocab", np.array([spec.vocab_size], np.int64))], axis=0)])
+    else:
+        logits = linear(g, h, head, "lm_head", None, accuracy_level)
+    if spec.final_logit_softcap:
+        c = g.init("logit_softcap", np.array(spec.final_logit_softcap, np.float32))
+        logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c])]), c])
+    if ft == TensorProto.FLOAT16:
+        logits = g.op("Cast", [logits], to=TensorProto.FLOAT)
+    g.output(logits, io.logits, TensorProto.FLOAT, ["batch", "keep", spec.vocab_size])
+
+    graph = helper.make_graph(g.nodes, "slm_decoder", g.inputs, g.outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+                              ir_version=IR_VERSION, producer_name="slm")
+    return model, io, kv_names

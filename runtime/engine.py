@@ -1,0 +1,231 @@
+"""The engine: a package folder on ONNX Runtime, and the generation loop.
+
+    engine = Engine("path/to/package")
+    for event in engine.generate("Why is the sky blue?"):
+        print(event.text, end="", flush=True)
+
+`prefill` and `decode_step` are the two model calls; `generate` is the loop around them.
+Imports neither torch nor transformers (nor onnx).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from runtime.chat_template import compile_template
+from runtime.detokenizer import StreamingDetokenizer
+from runtime.events import GenerationEvent, KVStats
+from runtime.kv_cache import KVCache, parse_budget
+from runtime.sampling import SamplingParams, make_rng, sample
+from runtime.session import open_session
+from runtime.stops import StopMatcher
+from slm.errors import PackageError, PromptTooLongError, SlmError
+from slm.package import read_manifest
+
+PREFILL_CHUNK = 512     # tokens per prefill call: bounds activation memory for long prompts
+
+
+class Engine:
+    def __init__(self, package: str | Path, *, provider: str = "auto", threads: int | None = None,
+                 kv_budget: str | int | None = None, prefill_chunk: int = PREFILL_CHUNK):
+        self.path = Path(package)
+        self.manifest = read_manifest(self.path)
+        m = self.manifest
+        try:
+            self.session, self.provider, self.provider_note = open_session(self.path / m.model_file, provider, threads)
+        except ort.capi.onnxruntime_pybind11_state.Fail as e:
+            raise PackageError(f"{str(self.path / m.model_file)!r} does not load in ONNX Runtime "
+                               f"({str(e).splitlines()[0][:200]}); the package is corrupt, re-export it") from None
+        except ort.capi.onnxruntime_pybind11_state.InvalidProtobuf:
+            raise PackageError(f"{str(self.path / m.model_file)!r} is not a valid ONNX model; the package "
+                               f"is corrupt, re-export it") from None
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.path / m.tokenizer_file))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file
+            raise PackageError(f"{str(self.path / m.tokenizer_file)!r} is not a tokenizers file ({e})") from None
+        self.template = compile_template(m.chat_template) if m.chat_template else None
+        self.capacity = parse_budget(kv_budget, m) or m.kv.default_capacity
+        self.prefill_chunk = prefill_chunk
+        self.device = "cuda" if self.provider == "cuda" else "cpu"
+        self.eos_ids = frozenset(m.eos_token_ids)
+        self.cache = self.new_cache()
+        self._lock = threading.Lock()
+
+    # --- text in ---------------------------------------------------------------------------------
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if self.template is None:
+            raise SlmError(f"package {str(self.path)!r} has no chat template; use raw prompts (--raw)")
+        m = self.manifest
+        return self.template.render(messages, bos_token=m.bos_token, eos_token=m.eos_token,
+                                    add_generation_prompt=add_generation_prompt)
+
+    def encode(self, prompt: str | list[dict], raw: bool = False) -> list[int]:
+        """Chat messages (or a string, as one user message) through the chat template; raw text as is."""
+        if raw:
+            if not isinstance(prompt, str):
+                raise SlmError("a raw prompt must be a string, not a list of messages")
+            return self.tokenizer.encode(prompt, add_special_tokens=True).ids
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if self.template is None:   # a base model without a template: the user text as is
+            return self.tokenizer.encode("\n".join(x["content"] for x in messages), add_special_tokens=True).ids
+        return self.tokenizer.encode(self.render_chat(messages), add_special_tokens=False).ids
+
+    # --- the two model calls -----------------------------------------------------------------------
+    def new_cache(self, capacity: int | None = None) -> KVCache:
+        return KVCache(self.manifest, capacity or self.capacity, self.device)
+
+    def _bind(self, cache: KVCache, binding: ort.IOBinding) -> None:
+        kv = self.manifest.kv
+        for i in range(self.manifest.dims.num_layers):
+            binding.bind_ortvalue_input(kv.past_key[i], cache.key_ort[i])
+            binding.bind_ortvalue_input(kv.past_value[i], cache.value_ort[i])
+            binding.bind_ortvalue_output(kv.present_key[i], cache.key_ort[i])     # same buffer: GQA appends in place
+            binding.bind_ortvalue_output(kv.present_value[i], cache.value_ort[i])
+
+    def prefill(self, cache: KVCache, ids: list[int]) -> np.ndarray:
+        """Feed `ids` after what the cache holds, in chunks; return the last position's logits (vocab,)."""
+        io = self.manifest.io
+        out = np.zeros((1, 1, self.manifest.dims.vocab_size), np.float32)
+        for start in range(0, len(ids), self.prefill_chunk):
+            chunk = ids[start:start + self.prefill_chunk]
+            n = len(chunk)
+            if cache.length + n > cache.capacity:
+                raise PromptTooLongError(f"the prompt needs {cache.length + len(ids) - start} more KV slots but the "
+                                         f"cache holds {cache.capacity} tokens; shorten the prompt or raise --kv-budget")
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(io.input_ids, np.array([chunk], np.int64))
+            binding.bind_cpu_input(io.position_ids, np.arange(cache.next_position, cache.next_position + n, dtype=np.int64)[None])
+            binding.bind_cpu_input(io.seqlens_k, np.array([cache.length + n - 1], np.int32))
+            binding.bind_cpu_input(io.total_sequence_length, np.array(cache.length + n, np.int32))
+            binding.bind_cpu_input(io.num_logits_to_keep, np.array(1, np.int64))
+            self._bind(cache, binding)
+            binding.bind_ortvalue_output(io.logits, ort.OrtValue.ortvalue_from_numpy(out))
+            for name in io.attention_mass:
+                binding.bind_output(name, "cpu")
+            self.session.run_with_iobinding(binding)
+            cache.append(n)
+            cache.history.extend(chunk)
+        return out[0, 0]
+
+    def decode_step(self, cache: KVCache, token: int) -> np.ndarray:
+        """Feed one token; return its logits (vocab,). The step's inputs live in fixed numpy arrays
+        bound once per cache, so a step writes four numbers and runs the graph."""
+        step = cache.decode_binding
+        if step is None:
+            step = cache.decode_binding = _DecodeBinding(self, cache)
+        if cache.length + 1 > cache.capacity:
+            raise PromptTooLongError(f"the KV cache is full ({cache.capacity} tokens)")
+        step.input_ids[0, 0] = token
+        step.position_ids[0, 0] = cache.next_position
+        step.seqlens_k[0] = cache.length
+        step.total_len[()] = cache.length + 1
+        self.session.run_with_iobinding(step.binding)
+        cache.append(1)
+        cache.history.append(token)
+        return step.logits[0, 0]
+
+    # --- the loop --------------------------------------------------------------------------------
+    def generate(self, prompt: str | list[dict], *, params: SamplingParams = SamplingParams(),
+                 max_tokens: int = 256, stop: tuple[str, ...] | list[str] = (), raw: bool = False,
+                 cancel: threading.Event | None = None, cache: KVCache | None = None) -> Iterator[GenerationEvent]:
+        """Yield one event per generated token; the last one carries `finish_reason`.
+
+        With the engine's own cache, a prompt that extends the previous conversation prefills only
+        the new tokens. Pass `cache=engine.new_cache()` for an independent conversation.
+        """
+        t0 = time.perf_counter()
+        if max_tokens < 1:
+            raise SlmError(f"max_tokens={max_tokens} must be at least 1")
+        ids = self.encode(prompt, raw)
+        if not ids:
+            raise SlmError("the prompt is empty after tokenisation")
+        cache = cache or self.cache
+        with self._lock if cache is self.cache else _nolock():
+            yield from self._generate(ids, params, max_tokens, tuple(stop), cancel, cache, t0)
+
+    def _generate(self, ids, params, max_tokens, stop, cancel, cache, t0):
+        limit = min(cache.capacity, self.manifest.dims.max_positions)
+        if len(ids) >= limit:
+            raise PromptTooLongError(f"the prompt has {len(ids)} tokens; this model and KV budget take at most "
+                                     f"{limit - 1} prompt tokens (context {self.manifest.dims.max_positions}, "
+                                     f"KV budget {cache.capacity} tokens)")
+        reuse = _common_prefix(cache.history, ids) if cache.evicted == 0 else 0
+        reuse = min(reuse, len(ids) - 1)            # at least one token must run to get logits
+        cache.truncate(reuse) if reuse else cache.reset()
+        logits = self.prefill(cache, ids[reuse:])
+        rng = make_rng(params)
+        seen = np.array(ids, np.int64) if params.repetition_penalty != 1.0 else None
+        detok, stops = StreamingDetokenizer(self.tokenizer), StopMatcher(stop)
+        ttft, t_first, n, finish = 0.0, 0.0, 0, None
+        while True:
+            token = sample(logits, params, rng, seen)
+            n += 1
+            now = time.perf_counter()
+            if n == 1:
+                ttft, t_first = now - t0, now
+            tps = (n - 1) / (now - t_first) if n > 1 and now > t_first else 0.0
+            if token in self.eos_ids:
+                text, finish = stops.flush(detok.flush()), "stop"
+            else:
+                text, hit = stops.feed(detok.add(token))
+                if hit:
+                    finish = "stop"
+                elif n >= max_tokens or cache.length + 1 > limit:
+                    text, finish = text + stops.flush(detok.flush()), "length"
+                elif cancel is not None and cancel.is_set():
+                    text, finish = text + stops.flush(detok.flush()), "cancelled"
+            yield GenerationEvent(text=text, token=token, finish_reason=finish, prompt_tokens=len(ids),
+                                  generated_tokens=n, ttft_s=ttft, tokens_per_s=tps, kv=self.kv_stats(cache))
+            if finish:
+                return
+            if seen is not None:
+                seen = np.append(seen, token)
+            logits = self.decode_step(cache, token)
+
+    def kv_stats(self, cache: KVCache) -> KVStats:
+        return KVStats(cached_tokens=cache.length, capacity_tokens=cache.capacity, evicted_tokens=cache.evicted,
+                       kv_bytes=cache.nbytes, policy="none")
+
+
+class _DecodeBinding:
+    """Fixed inputs/outputs for one-token steps: numpy arrays viewed by OrtValues, bound once."""
+
+    def __init__(self, engine: Engine, cache: KVCache):
+        io, vocab = engine.manifest.io, engine.manifest.dims.vocab_size
+        self.input_ids = np.zeros((1, 1), np.int64)
+        self.position_ids = np.zeros((1, 1), np.int64)
+        self.seqlens_k = np.zeros(1, np.int32)
+        self.total_len = np.zeros((), np.int32)
+        self.keep = np.ones((), np.int64)
+        self.logits = np.zeros((1, 1, vocab), np.float32)
+        self.binding = b = engine.session.io_binding()
+        for name, arr in ((io.input_ids, self.input_ids), (io.position_ids, self.position_ids),
+                          (io.seqlens_k, self.seqlens_k), (io.total_sequence_length, self.total_len),
+                          (io.num_logits_to_keep, self.keep)):
+            b.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
+        b.bind_ortvalue_output(io.logits, ort.OrtValue.ortvalue_from_numpy(self.logits))
+        for name in io.attention_mass:
+            b.bind_output(name, "cpu")
+        engine._bind(cache, b)
+
+
+class _nolock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

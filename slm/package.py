@@ -1,0 +1,151 @@
+"""The package-folder contract: what export writes and the runtime reads.
+
+A package is a folder:
+
+    manifest.json     this module's `Manifest`, with `format_version`
+    model.onnx        the graph (+ model.onnx.data when the weights are large)
+    tokenizer.json    a Hugging Face `tokenizers` file
+
+Only this module parses manifest.json. Stdlib only: the runtime imports it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from slm.errors import PackageError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ARCHITECTURES = ("llama", "gemma3")
+QUANT_MODES = ("fp32", "fp16", "int8", "int4", "gguf")
+
+
+@dataclass(frozen=True)
+class Dimensions:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_positions: int          # rotary tables cover positions [0, max_positions)
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """Each layer has one key and one value buffer, shape (batch, num_kv_heads, capacity, head_dim).
+
+    The same buffer is bound as `past_*` input and `present_*` output (GroupQueryAttention's
+    shared-buffer mode), so the runtime sizes `capacity` (its budget) at load time.
+    """
+    dtype: str                  # "float32" | "float16"
+    past_key: list[str]         # graph input names, one per layer
+    past_value: list[str]
+    present_key: list[str]      # graph output names, one per layer
+    present_value: list[str]
+    default_capacity: int       # slots when no budget is given (the model's context)
+    sliding_window: list[int]   # per layer: attention window in tokens, 0 = global
+
+    def bytes_per_token(self, dims: Dimensions) -> int:
+        itemsize = 2 if self.dtype == "float16" else 4
+        return 2 * dims.num_layers * dims.num_kv_heads * dims.head_dim * itemsize
+
+
+@dataclass(frozen=True)
+class Quantization:
+    mode: str                   # one of QUANT_MODES
+    bits: int = 0               # 4 or 8 for MatMulNBits; 0 when weights are float
+    block_size: int = 0
+    accuracy_level: int = 0     # MatMulNBits accuracy_level (4 = int8 activations on CPU)
+    source: str = ""            # e.g. "gguf:Q4_1" when GGUF blocks were carried over
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    input_ids: str = "input_ids"                        # int64 (batch, seq)
+    position_ids: str = "position_ids"                  # int64 (batch, seq): true rotary positions
+    seqlens_k: str = "seqlens_k"                        # int32 (batch,): cache slots used after this step - 1
+    total_sequence_length: str = "total_sequence_length"  # int32 scalar: cache slots used after this step
+    num_logits_to_keep: str = "num_logits_to_keep"      # int64 scalar: logits for the last n positions
+    logits: str = "logits"                              # float32 (batch, n, vocab)
+    attention_mass: list[str] = field(default_factory=list)  # per layer, when exported with stats
+
+
+@dataclass(frozen=True)
+class Manifest:
+    architecture: str
+    dims: Dimensions
+    kv: KVLayout
+    quant: Quantization
+    io: GraphIO
+    bos_token_id: int | None
+    eos_token_ids: list[int]
+    pad_token_id: int | None
+    chat_template: str | None
+    bos_token: str = ""
+    eos_token: str = ""
+    add_bos_token: bool = False
+    model_file: str = "model.onnx"
+    tokenizer_file: str = "tokenizer.json"
+    source: str = ""            # what the package was exported from
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @staticmethod
+    def from_dict(d: dict) -> "Manifest":
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise PackageError(f"manifest format_version {version!r} is not supported; "
+                               f"this slm reads format_version {FORMAT_VERSION} (re-export the package)")
+        if d.get("architecture") not in ARCHITECTURES:
+            raise PackageError(f"architecture {d.get('architecture')!r} is unknown; "
+                               f"accepted: {', '.join(ARCHITECTURES)}")
+        try:
+            return Manifest(
+                **{k: v for k, v in d.items() if k not in ("dims", "kv", "quant", "io")},
+                dims=_build(Dimensions, d["dims"]), kv=_build(KVLayout, d["kv"]),
+                quant=_build(Quantization, d["quant"]), io=_build(GraphIO, d["io"]))
+        except (KeyError, TypeError) as e:
+            raise PackageError(f"manifest is missing or has a wrong field ({e}); re-export the package") from None
+
+
+def _build(cls, d: dict):
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise TypeError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+    return cls(**d)
+
+
+def write_manifest(folder: str | Path, manifest: Manifest) -> Path:
+    path = Path(folder) / MANIFEST
+    path.write_text(manifest.to_json())
+    return path
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """Read and check a package folder; raise PackageError naming what is wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PackageError(f"package {str(folder)!r} is not a folder; expected a package folder made by "
+                           f"`slm export` or `slm pull` (with {MANIFEST}, model.onnx, tokenizer.json)")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise PackageError(f"{str(folder)!r} has no {MANIFEST}; it is not an slm package "
+                           f"(make one with `slm export SRC OUT`)")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PackageError(f"{str(path)!r} is not valid JSON ({e}); the package is corrupt, re-export it") from None
+    if not isinstance(d, dict):
+        raise PackageError(f"{str(path)!r} holds {type(d).__name__}, expected a JSON object")
+    m = Manifest.from_dict(d)
+    for name in (m.model_file, m.tokenizer_file):
+        if not (folder / name).is_file():
+            raise PackageError(f"package {str(folder)!r} lacks {name!r} named by its manifest; re-export it")
+    return m

@@ -1,0 +1,153 @@
+"""The OpenAI-compatible teacher against a real HTTP server on 127.0.0.1, and a real SIGKILL mid-run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from distill.rationales import generate_rationales
+from distill.tasks import get_task
+from distill.teachers import EndpointConfig, OpenAITeacher
+from slm.errors import SlmError
+
+REPO = Path(__file__).resolve().parents[1]
+CANNED = "There are 2 and 3 more. 2 + 3 = 5. The answer is (2 + 3).\n\nQ: rambling on. The answer is (9 * 9)."
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, delay_s=0.0):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.delay_s, self.lock, self.in_flight, self.max_in_flight = delay_s, threading.Lock(), 0, 0
+        self.calls: dict[str, int] = {}
+        self.bodies: list[dict] = []
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status, payload, headers=()):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        s = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        model = body["model"]
+        with s.lock:
+            s.in_flight += 1
+            s.max_in_flight = max(s.max_in_flight, s.in_flight)
+            s.calls[model] = s.calls.get(model, 0) + 1
+            s.bodies.append(body)
+            n = s.calls[model]
+        try:
+            time.sleep(s.delay_s)
+            if self.headers.get("Authorization") != "Bearer good-key":
+                return self._send(401, {"error": {"message": "invalid api key"}})
+            if model == "missing":
+                return self._send(404, {"error": {"message": "model not found"}})
+            if model == "slow":
+                time.sleep(1.0)
+            if model == "flaky" and n <= 2:
+                return self._send(503, {"error": "overloaded"}, [("Retry-After", "0")])
+            if self.path == "/v1/completions":
+                return self._send(200, {"choices": [{"text": " " + CANNED}]})
+            if self.path == "/v1/chat/completions":
+                return self._send(200, {"choices": [{"message": {"role": "assistant", "content": CANNED}}]})
+            return self._send(404, {"error": "no route"})
+        finally:
+            with s.lock:
+                s.in_flight -= 1
+
+
+@pytest.fixture
+def server():
+    srv = Server(delay_s=0.05)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _teacher(srv, **kw):
+    config = dict(base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", model="good", api_key="good-key",
+                  concurrency=3, timeout_s=0.5, retries=2, backoff_s=0.01) | kw
+    return OpenAITeacher(EndpointConfig(**config))
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_answers_with_bounded_concurrency(server, tmp_path, endpoint):
+    task = get_task("svamp")
+    run = generate_rationales(task, "test", _teacher(server, endpoint=endpoint), tmp_path / "r.jsonl", limit=12)
+    assert run.store.kept == 12 and run.failed == 0
+    assert 1 < server.max_in_flight <= 3
+    body = server.bodies[0]
+    assert body["stop"] == ["\n\nQ:"] and body["temperature"] == 0
+    record = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
+    assert record["answer"] == "(2 + 3)" and record["teacher"].startswith("openai:good@http://127.0.0.1")
+    assert record["prompt_version"] == f"svamp-cot-v1/{endpoint}"
+
+
+def test_retries_with_backoff_then_succeeds(server, tmp_path):
+    run = generate_rationales(get_task("svamp"), "test", _teacher(server, model="flaky", concurrency=1),
+                              tmp_path / "r.jsonl", limit=1)
+    assert run.store.kept == 1 and server.calls["flaky"] == 3  # two 503s, then an answer
+
+
+def test_timeouts_become_counted_failures_asked_again(server, tmp_path):
+    out = tmp_path / "r.jsonl"
+    start = time.monotonic()
+    run = generate_rationales(get_task("svamp"), "test", _teacher(server, model="slow", timeout_s=0.2, retries=1),
+                              out, limit=2)
+    assert run.failed == 2 and run.store.kept == 0 and "ReadTimeout" in next(iter(run.failures))
+    assert server.calls["slow"] == 4 and time.monotonic() - start < 5
+    assert not out.exists() or out.read_text() == ""
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"api_key": "bad-key"}, "refused the API key \\(HTTP 401\\)"),
+    ({"model": "missing"}, "has no model 'missing' or no /completions route \\(HTTP 404\\)"),
+])
+def test_auth_and_not_found_stop_the_run(server, tmp_path, kw, message):
+    with pytest.raises(SlmError, match=message):
+        generate_rationales(get_task("svamp"), "test", _teacher(server, **kw), tmp_path / "r.jsonl", limit=20)
+    assert sum(server.calls.values()) <= 6  # stopped at once, not after all 20
+
+
+def test_resume_after_sigkill(server, tmp_path):
+    """Kill the real CLI process mid-run, run it again: every input stored exactly once."""
+    server.delay_s = 0.02
+    out = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "distill", "rationales", "--task", "svamp", "--split", "test",
+           "--teacher", "openai", "--model", "good", "--api-key", "good-key", "--concurrency", "2",
+           "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1", "--out", str(out)]
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 25):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stored = out.read_text().count("\n")
+    assert proc.returncode == -signal.SIGKILL and 25 <= stored < 200, "the run must be killed mid-way"
+
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"already stored {stored}" in done.stdout and "kept 200 / rejected 0" in done.stdout
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == sorted(f"test-{i}" for i in range(200))  # none lost, none duplicated

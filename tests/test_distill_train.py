@@ -1,0 +1,99 @@
+"""Student training on a tiny random Llama: both losses fall, lam=0 is standard fine-tuning, resume after a kill."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.rationales import generate_rationales
+from distill.tasks import get_task
+from distill.teachers import RecordedTeacher
+from distill.testing import save_tiny_student
+from distill.train import TrainConfig, train
+from slm.errors import SlmError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("distill_train")
+    student = save_tiny_student(root / "student")
+    task = get_task("svamp")
+    generate_rationales(task, "train", RecordedTeacher.for_split(task, "train"), root / "palm.jsonl")
+    base = TrainConfig(student=str(student), task="svamp", out=str(root / "out"), rationales=str(root / "palm.jsonl"),
+                       train_fraction=0.04, steps=24, batch_size=8, lr=3e-3, log_every=1, eval_limit=4,
+                       max_new_tokens=8, seed=0)
+    return root, base
+
+
+def test_multitask_loss_lowers_both_losses(setup):
+    root, base = setup
+    record = train(replace(base, out=str(root / "dss")))
+    first, last = record.history[:3], record.history[-3:]
+    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)
+    assert mean(last, "label_loss") < 0.7 * mean(first, "label_loss")
+    assert mean(last, "rationale_loss") < 0.7 * mean(first, "rationale_loss")
+    assert all(abs(r["loss"] - (r["label_loss"] + r["rationale_loss"])) < 1e-4 for r in record.history)
+    assert record.train_inputs == 32 and record.label_examples == 32
+    assert record.rationale_examples + record.left_out.get("label_only_no_kept_rationale", 0) == 32
+    out = root / "dss"
+    saved = json.loads((out / "training_record.json").read_text())
+    assert saved["format_version"] == 1 and saved["final_eval"]["total"] == 4
+    assert TrainConfig.load(out / "train_config.json") == replace(base, out=str(out))
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert not (out / "resume").exists()
+
+
+def test_lam_zero_is_standard_fine_tuning(setup):
+    root, base = setup
+    standard = train(replace(base, out=str(root / "std"), rationales=None, steps=6, eval_limit=1))
+    lam0 = train(replace(base, out=str(root / "lam0"), lam=0.0, steps=6, eval_limit=1))
+    assert standard.rationale_examples == 0 and all(r["rationale_loss"] == 0 for r in standard.history)
+    assert [r["label_loss"] for r in lam0.history] == pytest.approx([r["label_loss"] for r in standard.history])
+
+
+def test_config_errors_name_the_value(setup):
+    _, base = setup
+    with pytest.raises(SlmError, match="unknown label source 'gpt'; accepted: gold, teacher"):
+        replace(base, label_source="gpt")
+    with pytest.raises(SlmError, match="unknown mixed precision 'fp8'"):
+        replace(base, mixed_precision="fp8")
+    with pytest.raises(SlmError, match="neither an HF checkpoint folder"):
+        train(replace(base, student="/nonexistent"))
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(setup):
+    root, base = setup
+    out = root / "killed"
+    cmd = [sys.executable, "-m", "distill", "train", "--task", "svamp", "--student", base.student,
+           "--rationales", base.rationales, "--out", str(out), "--train-fraction", "0.04", "--steps", "16",
+           "--batch-size", "8", "--grad-accum", "2", "--lr", "3e-3", "--log-every", "1", "--save-every", "4",
+           "--eval-limit", "2", "--max-new-tokens", "4"]
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = out / "resume" / "progress.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (progress.is_file() and json.loads(progress.read_text())["step"] >= 8):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(progress.read_text())["step"]
+    assert 8 <= killed_at < 16 and not (out / "training_record.json").exists()
+
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = json.loads((out / "training_record.json").read_text())
+    assert resumed["resumed_from_step"] == killed_at and resumed["steps"] == 16
+
+    straight = train(replace(base, out=str(root / "straight"), steps=16, grad_accum=2, eval_limit=2,
+                             max_new_tokens=4))
+    assert [r["step"] for r in resumed["history"]] == list(range(1, 17))
+    assert [r["loss"] for r in resumed["history"]] == pytest.approx([r["loss"] for r in straight.history], rel=1e-3)
