@@ -87,8 +87,10 @@ class TrainConfig:
         raw = json.loads(path.read_text())
         if raw.get("format_version") != FORMAT_VERSION:
             raise SlmError(f"{path}: train config format {raw.get('format_version')!r}, expected {FORMAT_VERSION}")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise SlmError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
+        return cls(**raw)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def quantize_weights(weights: dict, mode: str, *, block_size: int = 32, gguf_pat
 
 
 def build_package(source: str | Source | None, out: str | Path, *, quant: str | None = None,
-                  accuracy_level: int = 0, block_size: int = 32, max_positions: int | None = None,
+                  accuracy_level: int = 4, block_size: int = 32, max_positions: int | None = None,
                   attention_stats: bool = False, model=None, tokenizer=None, overwrite: bool = True) -> Manifest:
     """Export `source` into the package folder `out`. `quant=None` picks "gguf" for a GGUF source
     (its own blocks carried over) and "int4" otherwise. `model`/`tokenizer` skip loading (tests)."""

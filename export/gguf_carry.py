@@ -66,7 +66,10 @@ def carry_gguf(path: str, hf_weights: dict[str, np.ndarray], head_dim: int) -> t
             report["requantized_8bit"].append(name)
             carried[name] = w
             continue
-        for rows in (None, _llama_unpermute(target.shape[0], head_dim)):
+        orders = [None]
+        if name.endswith(("q_proj.weight", "k_proj.weight")) and target.shape[0] % head_dim == 0:
+            orders.append(_llama_unpermute(target.shape[0], head_dim))
+        for rows in orders:
             cand = w if rows is None else w.take_rows(rows)
             diff = float(np.abs(cand.dequantize() - target).max())
             if diff <= 1e-4 * max(1.0, float(np.abs(target).max())):

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.quantize import NBitsWeight, concat_rows
+from export.quantize import NBitsWeight, concat_rows, quantize_rtn
 from slm.package import GraphIO
 
 OPSET = 21
@@ -60,8 +60,13 @@ class Graph:
         self.nodes, self.inits, self.inputs, self.outputs = [], [], [], []
         self.float_type = float_type
         self._n = 0
+        self._init_names: set[str] = set()
 
     def init(self, name: str, array: np.ndarray) -> str:
+        """Add a constant; a name already added is shared, not copied (tied embedding and head)."""
+        if name in self._init_names:
+            return name
+        self._init_names.add(name)
         if array.dtype in (np.float32, np.float64, np.float16):
             array = array.astype(np.float16 if self.float_type == TensorProto.FLOAT16 else np.float32)
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
@@ -169,11 +174,15 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
 
     # --- embedding -------------------------------------------------------------------------------
     table = weights["model.embed_tokens.weight"]
-    if isinstance(table, NBitsWeight):     # (V, H) 8-bit blocks, dequantised on gather
-        v, hidden = table.shape
-        x = g.op("GatherBlockQuantized", [g.init("embed.q", table.q), ids,
-                                          g.init("embed.scales", table.scales), g.init("embed.zero_points", table.zero_points)],
-                 domain=MS, gather_axis=0, quantize_axis=1, block_size=table.block_size, bits=table.bits)
+    if isinstance(table, NBitsWeight):
+        # 8-bit blocks (V, H/bs, bs), dequantised on gather; the same bytes serve a tied lm_head's MatMulNBits
+        if table.bits != 8 or table.zero_points.dtype != np.uint8:
+            table = quantize_rtn(table.dequantize(), 8, table.block_size)
+        x = g.op("GatherBlockQuantized", [g.init("embed.qweight", table.packed()), ids,
+                                          g.init("embed.scales3d", table.scales[..., None]),
+                                          g.init("embed.zero_points3d", table.zero_points[..., None])],
+                 domain=MS, gather_axis=0, quantize_axis=2, block_size=table.block_size, bits=8)
+        x = g.op("Reshape", [x, g.init("shape/hidden", np.array([0, 0, H], np.int64))])
     else:
         embed_name = g.init("model.embed_tokens.weight", table)
         x = g.op("Gather", [embed_name, ids])
@@ -216,7 +225,7 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
         outs = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total_len, cos, sin, pos],
                     n_out=4 if attention_stats else 3, domain=MS, name=a + "gqa",
                     num_heads=nh, kv_num_heads=nkv, scale=spec.attn_scale, do_rotary=1,
-                    local_window_size=window - 1 if window else -1, **({"qk_output": 2} if attention_stats else {}))
+                    local_window_size=window if window else -1, **({"qk_output": 2} if attention_stats else {}))
         attn, present_k, present_v = outs[:3]
         g.output(present_k, f"present.{i}.key", ft, ["batch", nkv, "capacity", hd])
         g.output(present_v, f"present.{i}.value", ft, ["batch", nkv, "capacity", hd])
@@ -272,7 +281,7 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
                                                                            g.init("s2", np.array([2], np.int64))]),
                                                           g.init("vocab", np.array([spec.vocab_size], np.int64))], axis=0)])
     else:
-        logits = linear(g, h, head, "lm_head", None, accuracy_level)
+        logits = linear(g, h, head, "embed" if head is table else "lm_head", None, accuracy_level)
     if spec.final_logit_softcap:
         c = g.init("logit_softcap", np.array(spec.final_logit_softcap, np.float32))
         logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c])]), c])

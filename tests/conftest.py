@@ -45,7 +45,7 @@ def tiny_gemma3(vocab_size: int = 49152, seed: int = 0, **overrides):
                num_attention_heads=4, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
                sliding_window=8, layer_types=["sliding_attention", "sliding_attention", "sliding_attention",
                                               "full_attention"],
-               query_pre_attn_scalar=32, initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+               query_pre_attn_scalar=32, initializer_range=0.2, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     cfg.update(overrides)
     model = Gemma3ForCausalLM(Gemma3TextConfig(**cfg)).eval()
     with torch.no_grad():   # random norm weights, so that a (1 + w) slip shows

@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
     task = get_task("svamp")
     generate_rationales(task, "train", RecordedTeacher.for_split(task, "train"), root / "palm.jsonl")
     base = TrainConfig(student=str(student), task="svamp", out=str(root / "out"), rationales=str(root / "palm.jsonl"),
-                       train_fraction=0.04, steps=24, batch_size=8, lr=3e-3, log_every=1, eval_limit=4,
+                       train_fraction=0.04, steps=16, batch_size=4, lr=3e-3, max_len=128, log_every=1, eval_limit=4,
                        max_new_tokens=8, seed=0)
     return root, base
 
@@ -43,7 +43,8 @@ def test_multitask_loss_lowers_both_losses(setup):
     assert mean(last, "rationale_loss") < 0.7 * mean(first, "rationale_loss")
     assert all(abs(r["loss"] - (r["label_loss"] + r["rationale_loss"])) < 1e-4 for r in record.history)
     assert record.train_inputs == 32 and record.label_examples == 32
-    assert record.rationale_examples + record.left_out.get("label_only_no_kept_rationale", 0) == 32
+    without = record.left_out.get("label_only_no_kept_rationale", 0) + record.left_out.get("rationale_too_long", 0)
+    assert record.rationale_examples + without == 32 and record.rationale_examples > 20
     out = root / "dss"
     saved = json.loads((out / "training_record.json").read_text())
     assert saved["format_version"] == 1 and saved["final_eval"]["total"] == 4
@@ -66,7 +67,7 @@ def test_config_errors_name_the_value(setup):
         replace(base, label_source="gpt")
     with pytest.raises(SlmError, match="unknown mixed precision 'fp8'"):
         replace(base, mixed_precision="fp8")
-    with pytest.raises(SlmError, match="neither an HF checkpoint folder"):
+    with pytest.raises(SlmError, match="model source ./nonexistent. does not exist"):
         train(replace(base, student="/nonexistent"))
 
 
@@ -74,26 +75,27 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(setup):
     root, base = setup
     out = root / "killed"
     cmd = [sys.executable, "-m", "distill", "train", "--task", "svamp", "--student", base.student,
-           "--rationales", base.rationales, "--out", str(out), "--train-fraction", "0.04", "--steps", "16",
-           "--batch-size", "8", "--grad-accum", "2", "--lr", "3e-3", "--log-every", "1", "--save-every", "4",
+           "--rationales", base.rationales, "--out", str(out), "--train-fraction", "0.04", "--steps", "8",
+           "--batch-size", "4", "--max-len", "128", "--grad-accum", "2", "--lr", "3e-3", "--log-every", "1",
+           "--save-every", "2",
            "--eval-limit", "2", "--max-new-tokens", "4"]
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = out / "resume" / "progress.json"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (progress.is_file() and json.loads(progress.read_text())["step"] >= 8):
+    while time.monotonic() < deadline and not (progress.is_file() and json.loads(progress.read_text())["step"] >= 4):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = json.loads(progress.read_text())["step"]
-    assert 8 <= killed_at < 16 and not (out / "training_record.json").exists()
+    assert 4 <= killed_at < 8 and not (out / "training_record.json").exists()
 
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     resumed = json.loads((out / "training_record.json").read_text())
-    assert resumed["resumed_from_step"] == killed_at and resumed["steps"] == 16
+    assert resumed["resumed_from_step"] == killed_at and resumed["steps"] == 8
 
-    straight = train(replace(base, out=str(root / "straight"), steps=16, grad_accum=2, eval_limit=2,
+    straight = train(replace(base, out=str(root / "straight"), steps=8, grad_accum=2, eval_limit=2,
                              max_new_tokens=4))
-    assert [r["step"] for r in resumed["history"]] == list(range(1, 17))
+    assert [r["step"] for r in resumed["history"]] == list(range(1, 9))
     assert [r["loss"] for r in resumed["history"]] == pytest.approx([r["loss"] for r in straight.history], rel=1e-3)

@@ -1,0 +1,175 @@
+"""Concurrent requests on one engine: each on its own pooled KV cache, a bounded line (429 beyond
+it), and a client that leaves mid-answer stops its generation and frees its slot.
+
+`PacedEngine` is the real engine with a hand on the throttle (a pause per token, or a gate before
+the first), so that "the slot is busy" lasts long enough to observe on a 2-core machine.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from runtime import Engine, SamplingParams
+from runtime.serve import BackgroundServer, create_app
+
+MODEL = "tiny-llama"
+
+
+class PacedEngine:
+    """Delegates to a real Engine; `generate` sleeps `delay_s` per event and waits for `gate` first.
+    Records each generation's last event, and counts `new_cache` calls."""
+
+    def __init__(self, engine: Engine, *, delay_s: float = 0.0, gate: threading.Event | None = None):
+        self.engine, self.delay_s, self.gate = engine, delay_s, gate
+        self.capacity, self.manifest, self.path = engine.capacity, engine.manifest, engine.path
+        self.finished: list = []
+        self.new_caches = 0
+
+    def new_cache(self):
+        self.new_caches += 1
+        return self.engine.new_cache()
+
+    def generate(self, prompt, **kwargs):
+        if self.gate is not None:
+            assert self.gate.wait(timeout=30), "test gate never opened"
+        last = None
+        for last in self.engine.generate(prompt, **kwargs):
+            time.sleep(self.delay_s)
+            yield last
+        self.finished.append(last)
+
+
+def health(server) -> dict:
+    return httpx.get(f"{server.url}/health", trust_env=False).json()
+
+
+def wait_for(predicate, *, timeout_s: float = 10.0, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def chat_body(content: str, max_tokens: int, **extra) -> dict:
+    return {"model": extra.pop("model", MODEL), "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "temperature": 0, **extra}
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_package) -> Engine:
+    return Engine(tiny_package)
+
+
+def test_concurrent_requests_use_separate_caches_and_match_solo_runs(engine):
+    paced = PacedEngine(engine, delay_s=0.002)      # interleave the workers' tokens
+    prompts = [f"Tell me about the number {i}." for i in range(6)]
+    solo = ["".join(e.text for e in engine.generate([{"role": "user", "content": p}], max_tokens=20,
+                                                     params=SamplingParams(temperature=0.0), cache=engine.new_cache()))
+            for p in prompts]
+    with BackgroundServer(create_app(paced, model_id=MODEL, max_concurrent=3, max_queue=8)) as server:
+        assert paced.new_caches == 3                # the pool, made once
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0,
+                               http_client=httpx.Client(trust_env=False))
+
+        def ask(p: str) -> str:
+            return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}],
+                                                  max_tokens=20, temperature=0).choices[0].message.content
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            answers = list(pool.map(ask, prompts))
+        assert answers == solo
+        assert paced.new_caches == 3                # no request allocated a cache
+        assert health(server)["slots"] == {"total": 3, "idle": 3}
+
+
+def test_client_leaving_mid_stream_cancels_and_frees_the_slot(engine):
+    paced = PacedEngine(engine, delay_s=0.01)       # 400 tokens would take 4 s
+    with BackgroundServer(create_app(paced, model_id=MODEL, max_concurrent=1, max_queue=4)) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0,
+                               http_client=httpx.Client(trust_env=False))
+        t0 = time.monotonic()
+        stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Go on."}],
+                                                max_tokens=400, temperature=0, stream=True)
+        for i, _ in enumerate(stream):
+            if i == 3:
+                break
+        stream.close()                              # hang up
+        wait_for(lambda: len(paced.finished) == 1, what="the generation to stop")
+        assert time.monotonic() - t0 < 3.0
+        assert paced.finished[0].finish_reason == "cancelled" and paced.finished[0].generated_tokens < 400
+        wait_for(lambda: health(server)["slots"]["idle"] == 1, what="the slot to be free")
+        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=5, temperature=0)
+        assert reply.choices[0].finish_reason == "length"
+
+
+def test_client_leaving_a_non_streaming_request_cancels_it(engine):
+    paced = PacedEngine(engine, delay_s=0.01)
+    with BackgroundServer(create_app(paced, model_id=MODEL, max_concurrent=1, max_queue=4)) as server:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.url}/v1/chat/completions", json=chat_body("Go on.", 400), timeout=0.3,
+                       trust_env=False)
+        wait_for(lambda: len(paced.finished) == 1, what="the generation to stop")
+        assert paced.finished[0].finish_reason == "cancelled"
+        wait_for(lambda: health(server)["slots"]["idle"] == 1, what="the slot to be free")
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=chat_body("Hi", 3),
+                          trust_env=False).status_code == 200
+
+
+def test_a_full_line_gets_429_with_retry_after(engine):
+    gate = threading.Event()
+    paced = PacedEngine(engine, gate=gate)
+    with BackgroundServer(create_app(paced, model_id=MODEL, max_concurrent=1, max_queue=1)) as server:
+        url = f"{server.url}/v1/chat/completions"
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(httpx.post, url, json=chat_body("one", 3), timeout=30, trust_env=False)
+            wait_for(lambda: health(server)["slots"]["idle"] == 0, what="the first request to hold the slot")
+            waiting = pool.submit(httpx.post, url, json=chat_body("two", 3), timeout=30, trust_env=False)
+            wait_for(lambda: health(server)["waiting"] == 1, what="the second request to wait")
+            refused = httpx.post(url, json=chat_body("three", 3), trust_env=False)
+            assert refused.status_code == 429
+            assert int(refused.headers["Retry-After"]) >= 1
+            assert refused.json()["error"]["type"] == "rate_limit_error"
+            assert "--max-queue 1" in refused.json()["error"]["message"]
+            gate.set()
+            assert running.result().status_code == 200 and waiting.result().status_code == 200
+        assert health(server) == {"status": "ok", "model": MODEL, "slots": {"total": 1, "idle": 1}, "waiting": 0}
+        assert httpx.post(url, json=chat_body("four", 3), trust_env=False).status_code == 200
+
+
+def test_openai_client_sees_429_as_rate_limit_error(engine):
+    gate = threading.Event()
+    paced = PacedEngine(engine, gate=gate)
+    with BackgroundServer(create_app(paced, model_id=MODEL, max_concurrent=1, max_queue=0)) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0,
+                               http_client=httpx.Client(trust_env=False))
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(httpx.post, f"{server.url}/v1/chat/completions", json=chat_body("one", 3),
+                                  timeout=30, trust_env=False)
+            wait_for(lambda: health(server)["slots"]["idle"] == 0, what="the slot to be taken")
+            with pytest.raises(openai.RateLimitError, match="all generation slots are busy"):
+                client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2)
+            gate.set()
+            assert running.result().status_code == 200
+
+
+def test_shutdown_cancels_generations_that_outlast_the_grace_period(engine):
+    paced = PacedEngine(engine, delay_s=0.02)       # 400 tokens would take 8 s
+    server = BackgroundServer(create_app(paced, model_id=MODEL, max_concurrent=1, max_queue=1),
+                              graceful_shutdown_s=0.5)
+    server.start()
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        try:
+            with client.stream("POST", f"{server.url}/v1/chat/completions",
+                               json=chat_body("Go.", 400, stream=True)) as response:
+                next(response.iter_lines())
+                t0 = time.monotonic()
+                server.stop()                       # what Ctrl-C does, while the client still reads
+                assert time.monotonic() - t0 < 5
+        finally:
+            server.stop()
+    assert paced.finished[0].finish_reason == "cancelled" and paced.finished[0].generated_tokens < 400
