@@ -1,6 +1,7 @@
 """bench/load_serve.py still runs end to end: a tiny load on the tiny package, through `slm serve`."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,5 +17,5 @@ def test_load_bench_runs_and_reports(tiny_package):
     rows = dict(line.strip("|").split("|")[:2] for line in run.stdout.splitlines() if line.startswith("| "))
     rows = {k.strip(): v.strip() for k, v in rows.items()}
     assert rows["completed"] == "6" and rows["errors"] == "0"
-    assert rows["server peak RSS (idle after start)"].endswith(")") and "MiB" in rows["server peak RSS (idle after start)"]
+    assert re.fullmatch(r"\d+ MiB \(\d+ MiB\)", rows["server peak RSS (idle after start)"])
     assert "tokens in" in rows["generated tokens/s (all clients)"]

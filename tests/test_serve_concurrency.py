@@ -56,7 +56,7 @@ def wait_for(predicate, *, timeout_s: float = 10.0, what: str) -> None:
 
 
 def chat_body(content: str, max_tokens: int, **extra) -> dict:
-    return {"model": extra.pop("model", MODEL), "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
             "temperature": 0, **extra}
 
 
@@ -173,3 +173,43 @@ def test_shutdown_cancels_generations_that_outlast_the_grace_period(engine):
         finally:
             server.stop()
     assert paced.finished[0].finish_reason == "cancelled" and paced.finished[0].generated_tokens < 400
+
+
+def test_a_client_that_leaves_while_waiting_costs_nothing(engine):
+    gate = threading.Event()
+    paced = PacedEngine(engine, gate=gate)
+    with BackgroundServer(create_app(paced, model_id=MODEL, max_concurrent=1, max_queue=2)) as server:
+        url = f"{server.url}/v1/chat/completions"
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(httpx.post, url, json=chat_body("one", 3), timeout=30, trust_env=False)
+            wait_for(lambda: health(server)["slots"]["idle"] == 0, what="the first request to hold the slot")
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(url, json=chat_body("two", 3), timeout=0.3, trust_env=False)
+            gate.set()
+            assert running.result().status_code == 200
+        wait_for(lambda: health(server) == {"status": "ok", "model": MODEL, "slots": {"total": 1, "idle": 1},
+                                            "waiting": 0}, what="the line to empty")
+        assert len(paced.finished) == 1             # the second request never reached the engine
+
+
+def test_slot_pool_is_first_come_first_served_and_survives_cancelled_waiters():
+    import asyncio
+
+    from runtime.serve.slots import QueueFullError, SlotPool
+
+    async def scenario():
+        pool = SlotPool(["cache"], max_queue=2)
+        held = await pool.acquire()
+        first = asyncio.create_task(pool.acquire())
+        second = asyncio.create_task(pool.acquire())
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError, match="2 requests are already waiting"):
+            await pool.acquire()
+        first.cancel()                              # a waiter gives up: the cache must skip it
+        await asyncio.sleep(0)
+        pool.release(held)
+        assert await second == "cache" and pool.waiting == 0
+        pool.release("cache")
+        assert (pool.idle, pool.total) == (1, 1)
+
+    asyncio.run(scenario())

@@ -126,8 +126,9 @@ valid_sampling = {
 valid_chat_bodies = st.fixed_dictionaries(
     {"messages": st.lists(st.fixed_dictionaries(
         {"role": st.sampled_from(["system", "developer", "user", "assistant"]),
-         "content": st.text(max_size=30) | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": valid_text}),
-                                                     max_size=2)}), min_size=1, max_size=2)},
+         "content": st.text(max_size=30) | st.lists(
+             st.fixed_dictionaries({"type": st.just("text"), "text": valid_text}), max_size=2)}),
+        min_size=1, max_size=2)},
     optional=valid_sampling)
 valid_completion_bodies = st.fixed_dictionaries({"prompt": valid_text}, optional=valid_sampling)
 

@@ -5,7 +5,8 @@
 
 Data flow: PromptInput ─► PromptSubmitted ─► generate_reply (a thread worker) ─► engine.generate
 ─► call_from_thread(show_text) once a frame ─► Reply's MarkdownStream + StatusBar
-─► call_from_thread(save_reply) at the end ─► the store. The engine is injected; `engine_factory` opens another package for the picker.
+─► call_from_thread(save_reply) at the end ─► the store.
+The engine is injected (a fake one in the snapshot tests); `engine_factory` opens a picked package.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -29,6 +31,9 @@ from tui.messages import EngineFailed, EngineLoaded, PromptSubmitted
 from tui.screens import ConfirmScreen, HelpScreen, PackagePicker, RenameScreen, SettingsScreen
 from tui.store import UNTITLED, ChatSettings, Conversation, ReplyStats, Store, default_db_path
 from tui.widgets import ConversationList, ErrorMessage, PromptInput, Reply, StatusBar, UserMessage
+
+if TYPE_CHECKING:
+    from runtime import Engine
 
 TITLE_CHARS = 40
 FRAME_S = 1 / 30        # the most often streamed text crosses to the UI
@@ -58,7 +63,7 @@ class ChatApp(App):
                   ("tab / shift+tab", "move between conversations, messages and input"),
                   ("ctrl+q", "quit")]
 
-    def __init__(self, engine, store: Store, *, engine_factory: Callable[[Path], object] | None = None,
+    def __init__(self, engine: Engine | None, store: Store, *, engine_factory: Callable[[Path], Engine] | None = None,
                  system_prompt: str | None = None, settings: ChatSettings = ChatSettings()) -> None:
         super().__init__()
         self.engine = engine
@@ -165,7 +170,7 @@ class ChatApp(App):
         self.generate_reply(self.engine, chat.id, self.conversation_messages(), chat.settings, reply, self.cancel)
 
     @work(thread=True, exclusive=True, group="generation")
-    def generate_reply(self, engine, conversation_id: int, messages: list[dict], settings: ChatSettings,
+    def generate_reply(self, engine: Engine, conversation_id: int, messages: list[dict], settings: ChatSettings,
                        reply: Reply, cancel: threading.Event) -> None:
         """In a thread: the text, at most every FRAME_S, then the end, cross to the UI with call_from_thread.
 
@@ -184,7 +189,7 @@ class ChatApp(App):
                     pending, shown_at = [], time.monotonic()
         except (SlmError, ValueError, RuntimeError) as e:   # RuntimeError: ONNX Runtime failed mid-run
             if self.is_running:
-                self.call_from_thread(self.show_failure, conversation_id, str(e))
+                self.call_from_thread(self.show_failure, reply, conversation_id, str(e))
             return
         if self.is_running:
             self.call_from_thread(self.show_text, reply, "".join(pending), last)
@@ -205,18 +210,17 @@ class ChatApp(App):
                         severity="warning")
         self.show_chat_list()
 
-    async def show_failure(self, conversation_id: int, error: str) -> None:
-        """The engine refused: the prompt goes back into the input (it is not kept), the error into the chat."""
+    async def show_failure(self, reply: Reply, conversation_id: int, error: str) -> None:
+        """The engine refused: the prompt is not kept but goes back into the input; the error shows in the chat."""
         self.query_one(StatusBar).generating = False
         messages = self.store.messages(conversation_id)
         if messages and messages[-1].role == "user":
             self.store.delete_message(messages[-1].id)
             self.query_one(PromptInput).load_text(messages[-1].content)
-        replies = self.query(Reply)
-        if replies:
-            await replies.last().remove()
+            await self.query(UserMessage).last().remove()
+        await reply.remove()
         view = self.query_one("#chat-view", VerticalScroll)
-        await view.mount(ErrorMessage(f"error: {error}"))
+        await view.mount(ErrorMessage(f"error: {error}\n(your message is back in the input)"))
         view.anchor()
 
     async def stop_generation(self) -> None:
@@ -315,9 +319,9 @@ def _title_from(text: str) -> str:
     return line if len(line) <= TITLE_CHARS else line[:TITLE_CHARS - 1] + "…"
 
 
-def run_chat(engine=None, *, system_prompt: str | None = None, db_path: Path | None = None,
+def run_chat(engine: Engine | None = None, *, system_prompt: str | None = None, db_path: Path | None = None,
              params: SamplingParams | None = None, max_tokens: int | None = None,
-             engine_factory: Callable[[Path], object] | None = None) -> None:
+             engine_factory: Callable[[Path], Engine] | None = None) -> None:
     """Open the chat on `engine` (None: no model yet, the user picks one with Ctrl+O).
 
     `params`/`max_tokens` are the sampling of new conversations; `engine_factory` opens a picked

@@ -30,7 +30,7 @@ At sunset the light crosses more air, the blue is scattered away, and red is lef
 class CannedEngine:
     """The parts of Engine the chat uses, with fixed replies and numbers."""
 
-    def __init__(self, replies: list[str], *, name: str = "smollm2-135m-instruct-gguf", capacity: int = 2048,
+    def __init__(self, replies: list[str], *, name: str = "canned-demo", capacity: int = 2048,
                  kv_bytes: int = 2048 * 23040):
         self.path = Path(name)
         self.capacity = capacity

@@ -144,7 +144,8 @@ class Store:
         """Most recently changed first."""
         rows = self.db.execute("SELECT id, title, system_prompt, settings FROM conversations "
                                "ORDER BY updated DESC, id DESC").fetchall()
-        return [Conversation(id, title, system, _from_json(ChatSettings, settings)) for id, title, system, settings in rows]
+        return [Conversation(id, title, system, _from_json(ChatSettings, settings))
+                for id, title, system, settings in rows]
 
     def conversation(self, conversation_id: int) -> Conversation:
         row = self.db.execute("SELECT id, title, system_prompt, settings FROM conversations WHERE id = ?",
@@ -156,8 +157,8 @@ class Store:
     def new_conversation(self, *, title: str = UNTITLED, system_prompt: str = "",
                          settings: ChatSettings = ChatSettings()) -> Conversation:
         with self.db:
-            cur = self.db.execute("INSERT INTO conversations (title, system_prompt, settings, updated) "
-                                  "VALUES (?, ?, ?, ?)", (title, system_prompt, json.dumps(asdict(settings)), time.time()))
+            cur = self.db.execute("INSERT INTO conversations (title, system_prompt, settings, updated) VALUES (?, ?, ?, ?)",
+                                  (title, system_prompt, json.dumps(asdict(settings)), time.time()))
         return Conversation(cur.lastrowid, title, system_prompt, settings)
 
     def update_conversation(self, chat: Conversation, **changes) -> Conversation:
@@ -179,7 +180,8 @@ class Store:
                                (conversation_id,)).fetchall()
         return [ChatMessage(id, role, content, _from_json(ReplyStats, stats)) for id, role, content, stats in rows]
 
-    def add_message(self, conversation_id: int, role: str, content: str, stats: ReplyStats | None = None) -> ChatMessage:
+    def add_message(self, conversation_id: int, role: str, content: str,
+                    stats: ReplyStats | None = None) -> ChatMessage:
         with self.db:
             cur = self.db.execute("INSERT INTO messages (conversation_id, role, content, stats) VALUES (?, ?, ?, ?)",
                                   (conversation_id, role, content, json.dumps(asdict(stats)) if stats else None))

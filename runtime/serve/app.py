@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
+from runtime.engine import Engine
+from runtime.events import GenerationEvent
 from runtime.sampling import SamplingParams
 from runtime.serve.errors import ApiError, error_body, install_handlers, validation_error
 from runtime.serve.formats import ChatFormat, CompletionFormat, sse
@@ -40,7 +43,7 @@ RETRY_AFTER_S = 1
 
 @dataclass
 class ServeState:
-    engine: object                  # runtime.Engine (or anything with its generate/new_cache/capacity)
+    engine: Engine
     model_id: str
     api_key: str | None
     pool: SlotPool
@@ -64,7 +67,7 @@ class ServeState:
             self.executor = None
 
 
-def create_app(engine, *, model_id: str, api_key: str | None = None, max_queue: int = 16,
+def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max_queue: int = 16,
                max_concurrent: int = 2) -> FastAPI:
     """The FastAPI app serving `engine` as the one model `model_id`. Allocates max_concurrent KV caches."""
     if not isinstance(max_concurrent, int) or max_concurrent < 1:
@@ -164,7 +167,8 @@ async def read_json(request: Request) -> object:
     """The body as JSON, refusing (400/413) what is too big, not UTF-8, not JSON, or not valid Unicode."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError(status=413, message=f"the request body has {declared} bytes; at most {MAX_BODY_BYTES} are accepted")
+        raise ApiError(status=413,
+                       message=f"the request body has {declared} bytes; at most {MAX_BODY_BYTES} are accepted")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -228,7 +232,7 @@ def _check_model(state: ServeState, model: str | None) -> None:
                                f"(see GET /v1/models)")
 
 
-def _check_request(state: ServeState, body) -> None:
+def _check_request(state: ServeState, body: ChatCompletionRequest | CompletionRequest) -> None:
     _check_model(state, body.model)
     bad = body.unsupported()
     if bad:
@@ -246,7 +250,7 @@ def _max_tokens(state: ServeState, requested: int | None, *, default: int) -> in
     return requested
 
 
-def _sampling(body) -> SamplingParams:
+def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
     try:
         return SamplingParams(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
                               repetition_penalty=body.repetition_penalty, seed=body.seed)
@@ -260,9 +264,10 @@ def _model_card(state: ServeState) -> dict:
 
 
 # --- generating --------------------------------------------------------------------------------------
-async def _respond(request: Request, state: ServeState, *, job: GenerationJob, fmt, stream: bool,
-                   include_usage: bool, prompt_param: str) -> Response:
+async def _respond(request: Request, state: ServeState, *, job: GenerationJob, fmt: ChatFormat | CompletionFormat,
+                   stream: bool, include_usage: bool, prompt_param: str) -> Response:
     cancel = threading.Event()
+    streaming = False       # once the event stream is returned, it owns `cancel` and calls _finish
     watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
     state.active.add(cancel)
     try:
@@ -282,6 +287,7 @@ async def _respond(request: Request, state: ServeState, *, job: GenerationJob, f
             return Response(status_code=499)
         if stream:
             watcher.cancel()        # the streaming response watches for the disconnect itself
+            streaming = True
             return _EventStream(_stream(generation, batches, first, fmt=fmt, include_usage=include_usage),
                                 on_close=lambda: _finish(state, cancel))
         texts = ["".join(e.text for e in first)]
@@ -291,7 +297,7 @@ async def _respond(request: Request, state: ServeState, *, job: GenerationJob, f
         return JSONResponse(fmt.whole(text="".join(texts), finish_reason=last.finish_reason, last=last))
     finally:
         watcher.cancel()
-        if not stream:
+        if not streaming:
             _finish(state, cancel)
 
 
@@ -305,7 +311,7 @@ class _EventStream(StreamingResponse):
     """A server-sent-event response that calls `on_close` however it ends: sent, failed, or client gone
     (even when the client leaves before the first chunk, so the generator never started)."""
 
-    def __init__(self, content, *, on_close):
+    def __init__(self, content: AsyncIterator[str], *, on_close: Callable[[], None]):
         super().__init__(content, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._on_close = on_close
@@ -317,7 +323,8 @@ class _EventStream(StreamingResponse):
             self._on_close()
 
 
-async def _stream(generation: Generation, batches, first, *, fmt, include_usage: bool):
+async def _stream(generation: Generation, batches: AsyncIterator[list[GenerationEvent]], first: list[GenerationEvent],
+                  *, fmt: ChatFormat | CompletionFormat, include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events, one chunk per batch of events that arrived together."""
     try:
         opening = fmt.chunk(text=None, finish_reason=None, with_usage=include_usage)

@@ -1,0 +1,49 @@
+"""The slm command as a user runs it: streaming output, and one-line errors with exit code 2."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def slm(*args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "slm.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_generate_streams_text(tiny_package):
+    out = slm("generate", "Hello", "--model", str(tiny_package), "--max-tokens", "8", "--threads", "1", "-v")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+    assert "8 generated" in out.stderr and "running on CPU" in out.stderr
+
+
+def _corrupt(tmp_path, tiny_package):
+    pkg = tmp_path / "pkg"
+    shutil.copytree(tiny_package, pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["format_version"] = 7
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    return pkg
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda t, p: ["--model", str(t / "missing")], "does not exist"),
+    (lambda t, p: ["--model", str(t)], "neither an slm package"),
+    (lambda t, p: ["--model", str(_corrupt(t, p))], "format_version 7 is not supported"),
+    (lambda t, p: ["--model", str(p), "--temperature", "-2"], "temperature=-2.0 is out of range"),
+    (lambda t, p: ["--model", str(p), "--kv-budget", "40", "--raw", "--max-tokens", "1"], "take at most 39 prompt tokens"),
+    (lambda t, p: ["--model", str(p), "--provider", "cuda"], "--provider cuda"),
+    (lambda t, p: ["--model", str(p), "--kv-budget", "12parsecs"], "not understood"),
+])
+def test_user_errors_are_one_line(tmp_path, tiny_package, make_args, message):
+    out = slm("generate", "word " * 60, *make_args(tmp_path, tiny_package))
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_export_rejects_unknown_quant(tmp_path):
+    out = slm("export", "default", str(tmp_path / "x"), "--quant", "int3")
+    assert out.returncode == 2 and "invalid choice" in out.stderr
