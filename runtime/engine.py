@@ -136,11 +136,13 @@ class Engine:
     # --- the loop --------------------------------------------------------------------------------
     def generate(self, prompt: str | list[dict], *, params: SamplingParams = SamplingParams(),
                  max_tokens: int = 256, stop: tuple[str, ...] | list[str] = (), raw: bool = False,
-                 cancel: threading.Event | None = None, cache: KVCache | None = None) -> Iterator[GenerationEvent]:
+                 cancel: threading.Event | None = None, cache: KVCache | None = None,
+                 ignore_eos: bool = False) -> Iterator[GenerationEvent]:
         """Yield one event per generated token; the last one carries `finish_reason`.
 
         With the engine's own cache, a prompt that extends the previous conversation prefills only
         the new tokens. Pass `cache=engine.new_cache()` for an independent conversation.
+        `ignore_eos` keeps going past end-of-sequence tokens (benchmarks).
         """
         t0 = time.perf_counter()
         if max_tokens < 1:
@@ -150,9 +152,10 @@ class Engine:
             raise SlmError("the prompt is empty after tokenisation")
         cache = cache or self.cache
         with self._lock if cache is self.cache else _nolock():
-            yield from self._generate(ids, params, max_tokens, tuple(stop), cancel, cache, t0)
+            yield from self._generate(ids, params, max_tokens, tuple(stop), cancel, cache, t0,
+                                      frozenset() if ignore_eos else self.eos_ids)
 
-    def _generate(self, ids, params, max_tokens, stop, cancel, cache, t0):
+    def _generate(self, ids, params, max_tokens, stop, cancel, cache, t0, eos_ids):
         limit = min(cache.capacity, self.manifest.dims.max_positions)
         if len(ids) >= limit:
             raise PromptTooLongError(f"the prompt has {len(ids)} tokens; this model and KV budget take at most "
@@ -173,7 +176,7 @@ class Engine:
             if n == 1:
                 ttft, t_first = now - t0, now
             tps = (n - 1) / (now - t_first) if n > 1 and now > t_first else 0.0
-            if token in self.eos_ids:
+            if token in eos_ids:
                 text, finish = stops.flush(detok.flush()), "stop"
             else:
                 text, hit = stops.feed(detok.add(token))

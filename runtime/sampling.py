@@ -141,7 +141,7 @@ def sample(
     if params.greedy:
         return int(np.argmax(logits))
     ids = np.arange(len(logits))
-    logits = logits.astype(np.float64) / params.temperature  # float64: a small temperature must not overflow
+    logits = (logits.astype(np.float64) - logits.max()) / params.temperature  # shifted: a tiny temperature must not overflow
     if params.top_k:
         ids, logits = top_k_filter(ids, logits, params.top_k)
     if params.top_p < 1.0:

@@ -297,3 +297,25 @@ def test_package_picker_opens_a_package_or_says_why_not(tiny_package, db, tmp_pa
         run(scenario())
     finally:
         store.close()
+
+
+def test_multiline_input(db):
+    from tui.screenshot import CannedEngine
+    store = Store(db)
+
+    async def scenario():
+        app = ChatApp(CannedEngine(["ok"]), store, settings=GREEDY)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press(*"one", "ctrl+j", *"two", "enter")
+            await until(pilot, lambda: len(store.messages(app.chat.id)) == 2)
+            assert store.messages(app.chat.id)[0].content == "one\ntwo"
+            assert app.query_one(PromptInput).text == ""
+            await pilot.press("enter")                  # an empty input sends nothing
+            await pilot.pause()
+            assert len(store.messages(app.chat.id)) == 2
+            await pilot.press("up")                     # a multi-line message comes back whole
+            assert app.query_one(PromptInput).text == "one\ntwo"
+    try:
+        run(scenario())
+    finally:
+        store.close()

@@ -1,7 +1,7 @@
 """Write an SVG of the chat screen (the README's screenshot).
 
-    python -m tui.screenshot                     # canned replies, fixed numbers: docs/tui.svg
-    python -m tui.screenshot --model PACKAGE     # a real package, greedy
+    python -m tui.screenshot --model PACKAGE     # the README's: a real package, greedy
+    python -m tui.screenshot                     # canned reply, fixed numbers (no model needed)
 
 `CannedEngine` stands in for `runtime.Engine` where output must not vary (this script, the
 snapshot tests): it yields fixed GenerationEvents, word by word.

@@ -71,9 +71,10 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
                max_concurrent: int = 2) -> FastAPI:
     """The FastAPI app serving `engine` as the one model `model_id`. Allocates max_concurrent KV caches."""
     if not isinstance(max_concurrent, int) or max_concurrent < 1:
-        raise SlmError(f"max_concurrent={max_concurrent!r} must be an integer >= 1")
+        raise SlmError(f"max_concurrent={max_concurrent!r} (--max-concurrent) must be an integer >= 1")
     if not isinstance(max_queue, int) or max_queue < 0:
-        raise SlmError(f"max_queue={max_queue!r} must be an integer >= 0 (0: no waiting, 429 when all slots are busy)")
+        raise SlmError(f"max_queue={max_queue!r} (--max-queue) must be an integer >= 0 "
+                       "(0: no waiting, 429 when all slots are busy)")
     if api_key is not None and not api_key:
         raise SlmError("api_key='' is empty; give a non-empty key, or None for no authentication")
     state = ServeState(engine=engine, model_id=model_id, api_key=api_key, max_concurrent=max_concurrent,
