@@ -103,7 +103,16 @@ def cmd_chat(args) -> None:
         except ImportError as e:
             print(f"slm: the Textual UI is not available ({e}); using the plain chat", file=sys.stderr)
         else:
-            run_chat(engine, system_prompt=args.system)
+            from runtime import Engine
+
+            def engine_factory(package):
+                return Engine(package, provider=args.provider, threads=args.threads, kv_budget=args.kv_budget,
+                              kv_policy=args.kv_policy)
+            # the app's own defaults (mild sampling) unless the user set a sampling flag
+            user_set = any(f in sys.argv for f in ("--temperature", "--top-k", "--top-p", "--min-p",
+                                                   "--repetition-penalty", "--seed"))
+            run_chat(engine, system_prompt=args.system, engine_factory=engine_factory, max_tokens=args.max_tokens,
+                     params=_sampling(args) if user_set else None)
             return
     plain_chat(engine, _sampling(args), args.max_tokens, args.system)
 
