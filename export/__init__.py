@@ -17,11 +17,13 @@ from export.architectures import float_weights, rotary_tables, spec_of
 from export.graph import build_graph
 from export.quantize import NBitsWeight, quantize_rtn
 from slm.errors import SourceError
-from slm.package import (Dimensions, KVLayout, Manifest, QUANT_MODES, Quantization, read_manifest,
+from slm.package import (Dimensions, KVLayout, Manifest, QUANT_MODES, Quantization, Rope, read_manifest,
                          write_manifest)
 from slm.sources import Source, load_model, resolve_source
 
-EXTERNAL_DATA_BYTES = 1 << 30       # weights past 1 GiB go to model.onnx.data
+EXTERNAL_DATA_BYTES = 1 << 30       # weights past 1 GiB go to an external file
+WEIGHTS_FILE = "weights.data"
+ATTENTION_MODEL = "model_attn.onnx"
 DEFAULT_MAX_POSITIONS = 8192
 
 
@@ -62,7 +64,7 @@ def quantize_weights(weights: dict, mode: str, *, block_size: int = 32, gguf_pat
 
 def build_package(source: str | Source | None, out: str | Path, *, quant: str | None = None,
                   accuracy_level: int = 4, block_size: int = 32, max_positions: int | None = None,
-                  attention_stats: bool = False, model=None, tokenizer=None, overwrite: bool = True) -> Manifest:
+                  attention_stats: bool = True, model=None, tokenizer=None, overwrite: bool = True) -> Manifest:
     """Export `source` into the package folder `out`. `quant=None` picks "gguf" for a GGUF source
     (its own blocks carried over) and "int4" otherwise. `model`/`tokenizer` skip loading (tests)."""
     t0 = time.time()
@@ -87,13 +89,18 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
     qrec = Quantization(**{**qrec.__dict__, "accuracy_level": accuracy_level if qrec.bits else 0})
     kv_dtype = "float16" if quant == "fp16" else "float32"
     _log("building the graph")
-    onnx_model, io, kv = build_graph(spec, weights, rope, kv_dtype=kv_dtype, accuracy_level=accuracy_level,
-                                     attention_stats=attention_stats)
+    onnx_model, io, kv = build_graph(spec, weights, rope, kv_dtype=kv_dtype, accuracy_level=accuracy_level)
     out = Path(out)
     if out.exists() and overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    _save_onnx(onnx_model, out / "model.onnx")
+    if attention_stats:
+        _log("building the attention-statistics graph (for attention-based KV eviction)")
+        attn_model, io, _ = build_graph(spec, weights, rope, kv_dtype=kv_dtype, accuracy_level=accuracy_level,
+                                        attention_stats=True)
+        _save_pair(onnx_model, attn_model, out)
+    else:
+        _save_onnx(onnx_model, out / "model.onnx")
     tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
     manifest = Manifest(
         architecture=spec.architecture,
@@ -101,7 +108,8 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
                         num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
                         max_positions=max_pos),
         kv=KVLayout(dtype=kv_dtype, default_capacity=max_pos, sliding_window=list(spec.sliding_window), **kv),
-        quant=qrec, io=io,
+        quant=qrec, io=io, rope=_rope_record(rope, spec),
+        attention_model_file=ATTENTION_MODEL if attention_stats else "",
         bos_token_id=tokenizer.bos_token_id, eos_token_ids=_eos_ids(model, tokenizer),
         pad_token_id=tokenizer.pad_token_id, chat_template=getattr(tokenizer, "chat_template", None),
         bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "",
@@ -124,12 +132,32 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+def _rope_record(rope: dict, spec) -> Rope:
+    """inv_freq from the exported tables: the angle at position 1 (frequencies are < pi)."""
+    inv = {k: np.arctan2(sin[1], cos[1]).astype(float).tolist() for k, (cos, sin) in rope.items()}
+    return Rope(inv_freq=inv, of_layer=list(spec.rope_of_layer))
+
+
+def _save_pair(plain, with_attention, out: Path) -> None:
+    """Both graphs read one weights file: save the plain one with external data, then point the
+    attention graph's initializers at the same bytes."""
+    import onnx
+
+    onnx.save_model(plain, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=WEIGHTS_FILE, size_threshold=1024)
+    saved = {t.name: t for t in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.initializer}
+    inits = [saved.get(t.name, t) for t in with_attention.graph.initializer]
+    del with_attention.graph.initializer[:]
+    with_attention.graph.initializer.extend(inits)
+    onnx.save_model(with_attention, str(out / ATTENTION_MODEL))
+
+
 def _save_onnx(model, path: Path) -> None:
     import onnx
 
     size = sum(t.ByteSize() for t in model.graph.initializer)
     if size > EXTERNAL_DATA_BYTES:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
+                        location=WEIGHTS_FILE, size_threshold=1024)
     else:
         onnx.save_model(model, str(path))

@@ -237,7 +237,12 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
             mass = g.op("ReduceSum", [outs[3], g.init(f"axes/{i}/q", np.array([2], np.int64))], keepdims=0)
             grouped = g.op("Reshape", [mass, g.init(f"shape/{i}/grouped", np.array([0, nkv, nh // nkv, -1], np.int64))])
             mass = g.op("ReduceSum", [grouped, g.init(f"axes/{i}/g", np.array([2], np.int64))], keepdims=0)
-            g.output(mass, io.attention_mass[i], TensorProto.FLOAT, ["batch", nkv, "total"])
+            # padded to the cache capacity so the runtime binds one fixed buffer per layer
+            cap = g.op("Slice", [g.op("Shape", [past_k]), g.init("s2", np.array([2], np.int64)), g.init("s3", np.array([3], np.int64))])
+            total = g.op("Slice", [g.op("Shape", [mass]), g.init("s2", np.array([2], np.int64)), g.init("s3", np.array([3], np.int64))])
+            pads = g.op("Concat", [g.init("zeros5", np.zeros(5, np.int64)), g.op("Sub", [cap, total])], axis=0)
+            mass = g.op("Pad", [mass, pads])
+            g.output(mass, io.attention_mass[i], TensorProto.FLOAT, ["batch", nkv, "capacity"])
         o = linear(g, attn, weights[a + "o_proj.weight"], a + "o_proj", weights.get(a + "o_proj.bias"), accuracy_level)
         if spec.sandwich_norm:
             o = rms_norm(g, o, g.init(p + "post_attention_layernorm.weight", weights[p + "post_attention_layernorm.weight"]), eps)

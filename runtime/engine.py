@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from tokenizers import Tokenizer
 from runtime.chat_template import compile_template
 from runtime.detokenizer import StreamingDetokenizer
 from runtime.events import GenerationEvent, KVStats
-from runtime.kv_cache import KVCache, parse_budget
+from runtime.eviction import make_policy
+from runtime.kv_cache import EvictionConfig, KVCache, parse_budget
 from runtime.sampling import SamplingParams, make_rng, sample
 from runtime.session import open_session
 from runtime.stops import StopMatcher
@@ -29,16 +31,32 @@ from slm.errors import PackageError, PromptTooLongError, SlmError
 from slm.package import read_manifest
 
 PREFILL_CHUNK = 512     # tokens per prefill call: bounds activation memory for long prompts
+DEFAULT_CAPACITY = 4096  # KV slots when no budget is given (the model's context if smaller)
 
 
 class Engine:
     def __init__(self, package: str | Path, *, provider: str = "auto", threads: int | None = None,
-                 kv_budget: str | int | None = None, kv_policy: str = "none", prefill_chunk: int = PREFILL_CHUNK):
+                 kv_budget: str | int | None = None, kv_policy: str = "none", evict_chunk: int | None = None,
+                 keep_recent: int | None = None, protect_chat: bool = True, prefill_chunk: int = PREFILL_CHUNK):
+        """kv_budget: tokens or bytes ("16MiB"); kv_policy: see runtime.eviction.POLICIES.
+        evict_chunk: slots freed per eviction (default 1/8 of the budget); keep_recent: newest tokens
+        never evicted (default 1/8 of the budget); protect_chat: never evict the system prompt and the
+        current user turn."""
         self.path = Path(package)
         self.manifest = read_manifest(self.path)
         m = self.manifest
+        self.policy = make_policy(kv_policy)
+        self.kv_policy = kv_policy
+        graph = m.model_file
+        if self.policy is not None and self.policy.needs_attention:
+            if not m.attention_model_file:
+                raise PackageError(f"--kv-policy {kv_policy} needs attention statistics, but package {str(self.path)!r} "
+                                   f"was exported without them; re-export it without --no-attention-stats, or use "
+                                   f"streaming or knorm")
+            graph = m.attention_model_file
+        self.stats_outputs = m.io.attention_mass if graph == m.attention_model_file and graph else []
         try:
-            self.session, self.provider, self.provider_note = open_session(self.path / m.model_file, provider, threads)
+            self.session, self.provider, self.provider_note = open_session(self.path / graph, provider, threads)
         except ort.capi.onnxruntime_pybind11_state.Fail as e:
             raise PackageError(f"{str(self.path / m.model_file)!r} does not load in ONNX Runtime "
                                f"({str(e).splitlines()[0][:200]}); the package is corrupt, re-export it") from None
@@ -50,11 +68,11 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file
             raise PackageError(f"{str(self.path / m.tokenizer_file)!r} is not a tokenizers file ({e})") from None
         self.template = compile_template(m.chat_template) if m.chat_template else None
-        self.capacity = parse_budget(kv_budget, m) or m.kv.default_capacity
-        if kv_policy != "none":
-            raise SlmError(f"--kv-policy {kv_policy!r} is unknown; accepted: none")
-        self.kv_policy = kv_policy
-        self.prefill_chunk = prefill_chunk
+        self.capacity = parse_budget(kv_budget, m) or min(m.kv.default_capacity, DEFAULT_CAPACITY)
+        self.eviction = EvictionConfig(policy=self.policy, evict_chunk=evict_chunk or max(1, self.capacity // 8),
+                                       keep_recent=self.capacity // 8 if keep_recent is None else keep_recent)
+        self.protect_chat = protect_chat
+        self.prefill_chunk = max(1, min(prefill_chunk, self.capacity // 4))
         self.device = "cuda" if self.provider == "cuda" else "cpu"
         self.eos_ids = frozenset(m.eos_token_ids)
         self.cache = self.new_cache()
@@ -81,7 +99,7 @@ class Engine:
 
     # --- the two model calls -----------------------------------------------------------------------
     def new_cache(self, capacity: int | None = None) -> KVCache:
-        return KVCache(self.manifest, capacity or self.capacity, self.device)
+        return KVCache(self.manifest, capacity or self.capacity, self.device, attention_stats=bool(self.stats_outputs))
 
     def _bind(self, cache: KVCache, binding: ort.IOBinding) -> None:
         kv = self.manifest.kv
@@ -90,17 +108,18 @@ class Engine:
             binding.bind_ortvalue_input(kv.past_value[i], cache.value_ort[i])
             binding.bind_ortvalue_output(kv.present_key[i], cache.key_ort[i])     # same buffer: GQA appends in place
             binding.bind_ortvalue_output(kv.present_value[i], cache.value_ort[i])
+        for name, buf in zip(self.stats_outputs, cache.mass_ort):
+            binding.bind_ortvalue_output(name, buf)
 
-    def prefill(self, cache: KVCache, ids: list[int]) -> np.ndarray:
-        """Feed `ids` after what the cache holds, in chunks; return the last position's logits (vocab,)."""
+    def prefill(self, cache: KVCache, ids: list[int], eviction: EvictionConfig | None = None) -> np.ndarray:
+        """Feed `ids` after what the cache holds, in chunks, evicting to stay within the budget;
+        return the last position's logits (vocab,)."""
         io = self.manifest.io
         out = np.zeros((1, 1, self.manifest.dims.vocab_size), np.float32)
         for start in range(0, len(ids), self.prefill_chunk):
             chunk = ids[start:start + self.prefill_chunk]
             n = len(chunk)
-            if cache.length + n > cache.capacity:
-                raise PromptTooLongError(f"the prompt needs {cache.length + len(ids) - start} more KV slots but the "
-                                         f"cache holds {cache.capacity} tokens; shorten the prompt or raise --kv-budget")
+            self._make_room(cache, n, eviction or self.eviction)
             binding = self.session.io_binding()
             binding.bind_cpu_input(io.input_ids, np.array([chunk], np.int64))
             binding.bind_cpu_input(io.position_ids, np.arange(cache.next_position, cache.next_position + n, dtype=np.int64)[None])
@@ -109,21 +128,20 @@ class Engine:
             binding.bind_cpu_input(io.num_logits_to_keep, np.array(1, np.int64))
             self._bind(cache, binding)
             binding.bind_ortvalue_output(io.logits, ort.OrtValue.ortvalue_from_numpy(out))
-            for name in io.attention_mass:
-                binding.bind_output(name, "cpu")
             self.session.run_with_iobinding(binding)
             cache.append(n)
             cache.history.extend(chunk)
+            if self.stats_outputs:
+                cache.observe(n)
         return out[0, 0]
 
-    def decode_step(self, cache: KVCache, token: int) -> np.ndarray:
+    def decode_step(self, cache: KVCache, token: int, eviction: EvictionConfig | None = None) -> np.ndarray:
         """Feed one token; return its logits (vocab,). The step's inputs live in fixed numpy arrays
         bound once per cache, so a step writes four numbers and runs the graph."""
+        self._make_room(cache, 1, eviction or self.eviction)
         step = cache.decode_binding
         if step is None:
             step = cache.decode_binding = _DecodeBinding(self, cache)
-        if cache.length + 1 > cache.capacity:
-            raise PromptTooLongError(f"the KV cache is full ({cache.capacity} tokens)")
         step.input_ids[0, 0] = token
         step.position_ids[0, 0] = cache.next_position
         step.seqlens_k[0] = cache.length
@@ -131,7 +149,17 @@ class Engine:
         self.session.run_with_iobinding(step.binding)
         cache.append(1)
         cache.history.append(token)
+        if self.stats_outputs:
+            cache.observe(1)
         return step.logits[0, 0]
+
+    def _make_room(self, cache: KVCache, n: int, eviction: EvictionConfig) -> None:
+        if cache.next_position + n > self.manifest.dims.max_positions:
+            if eviction.policy is None:
+                raise PromptTooLongError(f"position {cache.next_position + n} is past the model's rotary table "
+                                         f"({self.manifest.dims.max_positions}); start a new conversation")
+            cache.reposition()
+        cache.make_room(n, eviction)
 
     # --- the loop --------------------------------------------------------------------------------
     def generate(self, prompt: str | list[dict], *, params: SamplingParams = SamplingParams(),
@@ -152,25 +180,28 @@ class Engine:
             raise SlmError("the prompt is empty after tokenisation")
         cache = cache or self.cache
         with self._lock if cache is self.cache else _nolock():
-            yield from self._generate(ids, params, max_tokens, tuple(stop), cancel, cache, t0,
+            yield from self._generate(prompt, ids, params, max_tokens, tuple(stop), cancel, cache, t0,
                                       frozenset() if ignore_eos else self.eos_ids)
 
-    def _generate(self, ids, params, max_tokens, stop, cancel, cache, t0, eos_ids):
+    def _generate(self, prompt, ids, params, max_tokens, stop, cancel, cache, t0, eos_ids):
+        bounded = self.policy is None          # no eviction: the budget and the context are hard limits
         limit = min(cache.capacity, self.manifest.dims.max_positions)
-        if len(ids) >= limit:
+        if bounded and len(ids) >= limit:
             raise PromptTooLongError(f"the prompt has {len(ids)} tokens; this model and KV budget take at most "
                                      f"{limit - 1} prompt tokens (context {self.manifest.dims.max_positions}, "
-                                     f"KV budget {cache.capacity} tokens)")
-        reuse = _common_prefix(cache.history, ids) if cache.evicted == 0 else 0
-        reuse = min(reuse, len(ids) - 1)            # at least one token must run to get logits
-        cache.truncate(reuse) if reuse else cache.reset()
-        logits = self.prefill(cache, ids[reuse:])
+                                     f"KV budget {cache.capacity} tokens, policy none)")
+        self._reuse_or_reset(cache, ids)
+        fed = len(cache.history)
+        eviction = replace(self.eviction, protected=self._protected(prompt, ids, cache.next_position - fed))
+        logits = self.prefill(cache, ids[fed:], eviction)
         rng = make_rng(params)
-        seen = np.array(ids, np.int64) if params.repetition_penalty != 1.0 else None
+        seen = np.zeros(len(ids) + max_tokens, np.int64) if params.repetition_penalty != 1.0 else None
+        if seen is not None:
+            seen[:len(ids)] = ids
         detok, stops = StreamingDetokenizer(self.tokenizer), StopMatcher(stop)
         ttft, t_first, n, finish = 0.0, 0.0, 0, None
         while True:
-            token = sample(logits, params, rng, seen)
+            token = sample(logits, params, rng, None if seen is None else seen[:len(ids) + n])
             n += 1
             now = time.perf_counter()
             if n == 1:
@@ -182,7 +213,7 @@ class Engine:
                 text, hit = stops.feed(detok.add(token))
                 if hit:
                     finish = "stop"
-                elif n >= max_tokens or cache.length + 1 > limit:
+                elif n >= max_tokens or (bounded and cache.length + 1 > limit):
                     text, finish = text + stops.flush(detok.flush()), "length"
                 elif cancel is not None and cancel.is_set():
                     text, finish = text + stops.flush(detok.flush()), "cancelled"
@@ -191,12 +222,38 @@ class Engine:
             if finish:
                 return
             if seen is not None:
-                seen = np.append(seen, token)
-            logits = self.decode_step(cache, token)
+                seen[len(ids) + n - 1] = token
+            logits = self.decode_step(cache, token, eviction)
+
+    @staticmethod
+    def _reuse_or_reset(cache: KVCache, ids: list[int]) -> None:
+        """Keep what the cache holds of a conversation that `ids` extends; otherwise start over.
+        An evicted cache is a compressed state of its whole history, so it is kept only when `ids`
+        extends that history exactly."""
+        common = _common_prefix(cache.history, ids)
+        if cache.evicted == 0:
+            common = min(common, len(ids) - 1)      # at least one token must run to give logits
+            cache.truncate(common) if common else cache.reset()
+        elif not (common == len(cache.history) < len(ids)):
+            cache.reset()
+
+    def _protected(self, prompt, ids: list[int], shift: int) -> tuple[tuple[int, int], ...]:
+        """Positions of the system prompt and the current user turn, never evicted (chat only)."""
+        if not self.protect_chat or isinstance(prompt, str) or self.template is None:
+            return ()
+        ranges = []
+        encode = lambda msgs: len(self.tokenizer.encode(self.render_chat(msgs, add_generation_prompt=False),
+                                                        add_special_tokens=False).ids)
+        if prompt[0]["role"] == "system":
+            ranges.append((0, encode(prompt[:1])))
+        if prompt[-1]["role"] == "user":
+            start = encode(prompt[:-1]) if len(prompt) > 1 else 0
+            ranges.append((start + shift, len(ids) + shift))
+        return tuple(ranges)
 
     def kv_stats(self, cache: KVCache) -> KVStats:
         return KVStats(cached_tokens=cache.length, capacity_tokens=cache.capacity, evicted_tokens=cache.evicted,
-                       kv_bytes=cache.nbytes, policy="none")
+                       kv_bytes=cache.nbytes, policy=self.kv_policy)
 
 
 class _DecodeBinding:
@@ -216,8 +273,6 @@ class _DecodeBinding:
                           (io.num_logits_to_keep, self.keep)):
             b.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
         b.bind_ortvalue_output(io.logits, ort.OrtValue.ortvalue_from_numpy(self.logits))
-        for name in io.attention_mass:
-            b.bind_output(name, "cpu")
         engine._bind(cache, b)
 
 

@@ -2,28 +2,35 @@
 
 Buffers are (1, num_kv_heads, capacity, head_dim). ONNX Runtime's GroupQueryAttention reads past
 keys from, and appends new ones into, the same buffer (past and present are bound to one OrtValue),
-so a decode step copies no KV. Slot `s` holds the token at true position `positions[s]`; after
-eviction compacts the buffer, positions are no longer `0..length-1`, which is why the graph takes
-position ids as an input.
+so a decode step copies no KV.
+
+When the budget is full, `make_room` asks the policy for scores and compacts each (layer, KV head)
+to its best slots, keeping slot order = position order. Each slot remembers the true rotary position
+of its token, so the graph (which takes position ids as an input) continues at the true position.
+Decisions are per (layer, KV head) with the same count everywhere, so every layer keeps one length.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
-from slm.errors import SlmError
+from runtime.eviction import CacheView, Policy
+from slm.errors import BudgetExceededError, SlmError
 from slm.package import Manifest
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3,
           "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+RECENT_HALF_LIFE = 16           # queries: the observation window of `recent` statistics
 
 
 def parse_budget(text: str | int | None, manifest: Manifest) -> int | None:
     """A KV budget as tokens: "2048" or "2048tok" are tokens, "16MiB"/"64MB"/"1000000B" are bytes."""
     if text is None:
         return None
+    per_token = manifest.kv.bytes_per_token(manifest.dims)
     if isinstance(text, int):
         tokens = text
     else:
@@ -31,24 +38,28 @@ def parse_budget(text: str | int | None, manifest: Manifest) -> int | None:
         if not m:
             raise SlmError(f"KV budget {text!r} is not understood; give tokens (2048) or bytes (16MiB, 64MB, 1GiB)")
         value, unit = float(m.group(1)), m.group(2) or "tok"
-        if unit in ("tok", "tokens"):
-            tokens = int(value)
-        else:
-            per_token = manifest.kv.bytes_per_token(manifest.dims)
-            tokens = int(value * _UNITS[unit]) // per_token
+        tokens = int(value) if unit in ("tok", "tokens") else int(value * _UNITS[unit]) // per_token
     if tokens < 16:
-        per_token = manifest.kv.bytes_per_token(manifest.dims)
         raise SlmError(f"KV budget {text!r} holds {tokens} tokens; at least 16 are needed "
                        f"({16 * per_token} bytes for this model, {per_token} bytes per token)")
     return tokens
 
 
+@dataclass(frozen=True)
+class EvictionConfig:
+    policy: Policy | None           # None: never evict
+    evict_chunk: int                # slots freed per eviction (at least what is needed)
+    keep_recent: int                # the most recent tokens are never evicted
+    protected: tuple[tuple[int, int], ...] = ()   # true-position ranges never evicted (system prompt, current turn)
+
+
 class KVCache:
-    def __init__(self, manifest: Manifest, capacity: int, device: str = "cpu"):
+    def __init__(self, manifest: Manifest, capacity: int, device: str = "cpu", attention_stats: bool = False):
         d = manifest.dims
         dtype = np.float16 if manifest.kv.dtype == "float16" else np.float32
         shape = (1, d.num_kv_heads, capacity, d.head_dim)
         self.capacity = capacity
+        self.manifest = manifest
         if device == "cpu":      # numpy owns the memory, OrtValues view it: eviction compacts in numpy
             self.keys = [np.zeros(shape, dtype) for _ in range(d.num_layers)]
             self.values = [np.zeros(shape, dtype) for _ in range(d.num_layers)]
@@ -59,7 +70,14 @@ class KVCache:
             self.key_ort = [ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0) for _ in range(d.num_layers)]
             self.value_ort = [ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0) for _ in range(d.num_layers)]
         self.nbytes = 2 * d.num_layers * int(np.prod(shape)) * np.dtype(dtype).itemsize
-        self.positions = np.zeros(capacity, np.int64)   # true position of the token in each slot
+        stats_shape = (d.num_layers, d.num_kv_heads, capacity)
+        self.positions = np.zeros(stats_shape, np.int64)   # true position of the token in each slot
+        self.cumulative = np.zeros(stats_shape, np.float32)
+        self.recent = np.zeros(stats_shape, np.float32)
+        self.last = np.zeros(stats_shape, np.float32)
+        # where the graph writes each layer's attention mass per slot (padded to capacity), bound once
+        self.mass = np.zeros((d.num_layers, 1, d.num_kv_heads, capacity), np.float32) if attention_stats else None
+        self.mass_ort = [ort.OrtValue.ortvalue_from_numpy(m) for m in self.mass] if attention_stats else []
         self.decode_binding = None                      # the engine's fixed one-token binding, made on first use
         self.reset()
 
@@ -68,10 +86,13 @@ class KVCache:
         self.next_position = 0      # true position of the next token
         self.history: list[int] = []  # every token fed, in order (the logical conversation)
         self.evicted = 0
+        self.cumulative[:] = 0
+        self.recent[:] = 0
+        self.last[:] = 0
 
     def append(self, n: int) -> None:
         """Record that the graph appended n tokens at slots [length, length+n)."""
-        self.positions[self.length:self.length + n] = np.arange(self.next_position, self.next_position + n)
+        self.positions[:, :, self.length:self.length + n] = np.arange(self.next_position, self.next_position + n)
         self.length += n
         self.next_position += n
 
@@ -80,3 +101,82 @@ class KVCache:
         self.length = length
         self.next_position = length
         self.history = self.history[:length]
+
+    def observe(self, n_queries: int) -> None:
+        """Fold the step's attention mass (written by the graph into `self.mass`, summed over the
+        step's n queries) into the statistics policies read."""
+        n = self.length
+        m = self.mass[:, 0, :, :n]                          # (L, H, length)
+        self.cumulative[:, :, :n] += m
+        decay = 0.5 ** (n_queries / RECENT_HALF_LIFE)
+        self.recent[:, :, :n] *= decay
+        self.recent[:, :, :n] += m / n_queries
+        self.last[:, :, :n] = m / n_queries
+
+    def view(self) -> CacheView:
+        n = self.length
+        return CacheView(positions=self.positions[:, :, :n], cumulative=self.cumulative[:, :, :n],
+                         recent=self.recent[:, :, :n], last=self.last[:, :, :n],
+                         keys=[k[0, :, :n] for k in self.keys], next_position=self.next_position)
+
+    def make_room(self, n: int, config: EvictionConfig) -> int:
+        """Evict so that `n` more tokens fit; return how many slots were freed (0 if they fit)."""
+        if self.length + n <= self.capacity:
+            return 0
+        need = self.length + n - self.capacity
+        if config.policy is None:
+            raise BudgetExceededError(f"the KV budget of {self.capacity} tokens is full ({self.length} cached, "
+                                      f"{n} more needed) and the eviction policy is 'none'; choose one with "
+                                      f"--kv-policy (streaming, h2o, tova, snapkv, knorm) or raise --kv-budget")
+        if self.keys is None:
+            raise SlmError("KV eviction runs on CPU caches only in this version; use --provider cpu with a budget")
+        scores = np.array(config.policy.score(self.view()), np.float32, copy=True)   # (L, H, length)
+        pos = self.positions[:, :, :self.length]
+        locked = pos >= self.next_position - config.keep_recent
+        for start, end in config.protected:
+            locked |= (pos >= start) & (pos < end)
+        scores[locked] = np.inf
+        evictable = int((~np.isinf(scores)).sum(-1).min())
+        if evictable < need:
+            raise BudgetExceededError(f"the KV budget of {self.capacity} tokens cannot take {n} more: "
+                                      f"{self.length - evictable} cached tokens are protected (system prompt, "
+                                      f"current turn, the {config.keep_recent} most recent); raise --kv-budget")
+        k = min(max(need, config.evict_chunk), evictable)
+        # the k lowest scores of each (layer, head) go; the rest keep their order
+        drop = np.argpartition(scores, k - 1, axis=-1)[..., :k]
+        keep_mask = np.ones(scores.shape, bool)
+        np.put_along_axis(keep_mask, drop, False, axis=-1)
+        keep = np.nonzero(keep_mask)[2].reshape(scores.shape[0], scores.shape[1], -1)   # (L, H, length-k), sorted
+        self._compact(keep)
+        self.evicted += k
+        return k
+
+    def _compact(self, keep: np.ndarray) -> None:
+        m = keep.shape[-1]
+        for layer, idx in enumerate(keep):
+            for buf in (self.keys[layer], self.values[layer]):
+                buf[0, :, :m] = np.take_along_axis(buf[0, :, :self.length], idx[..., None], axis=1)
+        for stat in (self.positions, self.cumulative, self.recent, self.last):
+            stat[:, :, :m] = np.take_along_axis(stat[:, :, :self.length], keep, axis=-1)
+        self.length = m
+
+    def reposition(self) -> None:
+        """Move every kept token to the position of its slot (0..length-1), rotating its key to match
+        (StreamingLLM's positions-within-cache), so a conversation can outlast the rotary table."""
+        if self.keys is None:
+            raise SlmError("re-positioning runs on CPU caches only")
+        rope = self.manifest.rope
+        n = self.length
+        new = np.arange(n)
+        for layer in range(len(self.keys)):
+            inv = np.asarray(rope.inv_freq[rope.of_layer[layer]], np.float64)
+            delta = (new[None, :] - self.positions[layer, :, :n]).astype(np.float64)     # (H, n), <= 0
+            ang = delta[..., None] * inv                                                  # (H, n, hd/2)
+            cos, sin = np.cos(ang), np.sin(ang)
+            k = self.keys[layer][0, :, :n]
+            half = k.shape[-1] // 2
+            k1, k2 = k[..., :half].astype(np.float64), k[..., half:].astype(np.float64)
+            k[..., :half] = k1 * cos - k2 * sin
+            k[..., half:] = k2 * cos + k1 * sin
+        self.positions[:, :, :n] = new
+        self.next_position = n

@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MatMulNBits accuracy_level (4: int8 activations, fastest on CPU; see docs/BENCHMARKS.md)")
     p.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64, 128])
     p.add_argument("--max-positions", type=int, default=None, help="rotary table length (default: min(model's, 8192))")
-    p.add_argument("--attention-stats", action="store_true",
-                   help="also output per-layer attention mass (for attention-based KV eviction policies)")
+    p.add_argument("--no-attention-stats", dest="attention_stats", action="store_false",
+                   help="skip the second graph with per-layer attention mass (needed by h2o, tova, snapkv, namm)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="generate text for one prompt, streamed to stdout")

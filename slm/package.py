@@ -75,12 +75,21 @@ class GraphIO:
 
 
 @dataclass(frozen=True)
+class Rope:
+    """Rotary embedding as the graph applies it (rotate-half layout), so the runtime can re-rotate
+    cached keys when it moves them to new positions."""
+    inv_freq: dict[str, list[float]]    # rotary kind -> head_dim/2 frequencies
+    of_layer: list[str]                 # per layer: its rotary kind
+
+
+@dataclass(frozen=True)
 class Manifest:
     architecture: str
     dims: Dimensions
     kv: KVLayout
     quant: Quantization
     io: GraphIO
+    rope: Rope
     bos_token_id: int | None
     eos_token_ids: list[int]
     pad_token_id: int | None
@@ -89,6 +98,7 @@ class Manifest:
     eos_token: str = ""
     add_bos_token: bool = False
     model_file: str = "model.onnx"
+    attention_model_file: str = ""  # the same model plus per-layer attention mass outputs ("" = none)
     tokenizer_file: str = "tokenizer.json"
     source: str = ""            # what the package was exported from
     format_version: int = FORMAT_VERSION
@@ -107,9 +117,9 @@ class Manifest:
                                f"accepted: {', '.join(ARCHITECTURES)}")
         try:
             return Manifest(
-                **{k: v for k, v in d.items() if k not in ("dims", "kv", "quant", "io")},
+                **{k: v for k, v in d.items() if k not in ("dims", "kv", "quant", "io", "rope")},
                 dims=_build(Dimensions, d["dims"]), kv=_build(KVLayout, d["kv"]),
-                quant=_build(Quantization, d["quant"]), io=_build(GraphIO, d["io"]))
+                quant=_build(Quantization, d["quant"]), io=_build(GraphIO, d["io"]), rope=_build(Rope, d["rope"]))
         except (KeyError, TypeError) as e:
             raise PackageError(f"manifest is missing or has a wrong field ({e}); re-export the package") from None
 
@@ -145,7 +155,7 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not isinstance(d, dict):
         raise PackageError(f"{str(path)!r} holds {type(d).__name__}, expected a JSON object")
     m = Manifest.from_dict(d)
-    for name in (m.model_file, m.tokenizer_file):
+    for name in (m.model_file, m.tokenizer_file) + ((m.attention_model_file,) if m.attention_model_file else ()):
         if not (folder / name).is_file():
             raise PackageError(f"package {str(folder)!r} lacks {name!r} named by its manifest; re-export it")
     return m

@@ -1,0 +1,69 @@
+"""slm's own engine on a package folder (main environment).
+
+speed: `Engine.generate` on the prompt as raw text, the KV budget sized to prompt + new tokens.
+quality: `Engine.prefill` / `Engine.decode_step` on token ids (greedy, and one token at a time for NLL).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from common import TokenClock, main, nll  # noqa: E402
+
+
+def speed(job: dict) -> dict:
+    from runtime import Engine
+    import onnxruntime
+
+    t = time.perf_counter()
+    engine = Engine(job["model"], threads=job["threads"], kv_budget=job["ctx"])
+    load_s = time.perf_counter() - t
+    prompt = engine.tokenizer.decode(job["ids"], skip_special_tokens=False)
+    list(engine.generate("warm up", raw=True, max_tokens=4, cache=engine.new_cache()))
+    clock = TokenClock()
+    for event in engine.generate(prompt, raw=True, max_tokens=job["new_tokens"], ignore_eos=True, cache=engine.new_cache()):
+        clock.token(event.token)
+    res = clock.result(event.prompt_tokens)
+    return {**res, "load_s": load_s, "version": f"slm + onnxruntime {onnxruntime.__version__}",
+            "quant": engine.manifest.quant.mode, "kv_budget": engine.capacity}
+
+
+def quality(job: dict) -> dict:
+    from runtime import Engine
+    import numpy as np
+    import onnxruntime
+
+    engine = Engine(job["model"], threads=job["threads"])
+    tokens = []
+    for ids in job["prompts"]:
+        cache = engine.new_cache(len(ids) + job["new_tokens"] + 16)
+        logits, out = engine.prefill(cache, ids), []
+        for _ in range(job["new_tokens"]):
+            out.append(int(np.argmax(logits)))
+            logits = engine.decode_step(cache, out[-1])
+        tokens.append(out)
+    nlls = []
+    for ids in job["windows"]:          # teacher forcing, one token at a time
+        cache = engine.new_cache(len(ids) + 16)
+        logits, row = engine.prefill(cache, ids[:1]), []
+        for tok in ids[1:]:
+            row.append(nll(logits, tok))
+            logits = engine.decode_step(cache, tok)
+        nlls.append(row)
+    return {"tokens": tokens, "nll": nlls, "version": f"slm + onnxruntime {onnxruntime.__version__}"}
+
+
+def prepare(job: dict) -> dict:
+    """Export a package: variant is QUANT[:accuracy_level], e.g. "gguf:0", "int4:4", "int8", "fp32"."""
+    from export import build_package
+    from slm.sources import resolve_source
+
+    quant, _, level = job["variant"].partition(":")
+    build_package(resolve_source(job["model"]), job["out"], quant=quant, accuracy_level=int(level or 4))
+    return {"out": job["out"]}
+
+
+if __name__ == "__main__":
+    main({"speed": speed, "quality": quality, "prepare": prepare})

@@ -1,0 +1,26 @@
+"""What a policy sees: the cache's per-(layer, KV head, slot) statistics. A policy returns scores of
+the same shape; the cache evicts the lowest-scoring slots of each (layer, KV head)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CacheView:
+    positions: np.ndarray       # int64 (L, H, n): true rotary position of each slot's token
+    cumulative: np.ndarray      # float32 (L, H, n): attention mass received, summed over every query so far
+    recent: np.ndarray          # float32 (L, H, n): the same, exponentially decayed (half-life ~ obs window)
+    last: np.ndarray            # float32 (L, H, n): mass from the latest step's queries (per query)
+    keys: list[np.ndarray]      # per layer (H, n, head_dim): cached keys (after rotary)
+    next_position: int          # position the next token will take
+
+
+class Policy:
+    """Subclasses are small frozen dataclasses with one method, `score`; higher = keep."""
+    name = "base"
+    needs_attention = False     # True: the engine runs the graph that outputs attention mass
+
+    def score(self, view: CacheView) -> np.ndarray:
+        raise NotImplementedError
