@@ -1,0 +1,295 @@
+"""Side-by-side benchmark: slm against onnxruntime-genai, llama.cpp, Optimum ONNX and transformers.
+
+    python bench/compare.py --prepare            # build each peer's model from the same GGUF (once)
+    python bench/compare.py                      # prompts of 128/512/2048 tokens, 128 new, 3 repeats
+    python bench/compare.py --systems slm-int4 genai-int4 --prompt-lens 512 --repeats 5
+
+Every peer runs in its own virtual environment under .bench-venvs/ (a missing one is skipped with a
+note; bench/peers/*.py say how each is driven). Every measurement is a fresh process (peak RSS is that
+run's own), on the same prompt token ids, the same number of new greedy tokens (end-of-sequence
+ignored) and the same thread count; runs are interleaved (the order of systems rotates each repeat)
+and the table shows medians with min-max spread. Writes docs/bench/compare.json and compare.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PEERS = ROOT / "bench" / "peers"
+VENVS = ROOT / ".bench-venvs"
+HAYSTACK = ROOT.parent / "shared" / "data" / "haystack-tinyshakespeare" / "input.txt"
+PROMPT_OFFSET = 50_000          # prompts start here in the haystack; bench/quality.py scores text after it
+OUT = ROOT / "docs" / "bench"
+
+
+def bench_dir() -> Path:
+    """Where peers' models are built ($SLM_BENCH_DIR overrides)."""
+    from slm.paths import cache_dir
+    return Path(os.environ.get("SLM_BENCH_DIR") or cache_dir().parent / "bench")
+
+
+@dataclass(frozen=True)
+class System:
+    name: str           # row label
+    peer: str           # bench/peers/<peer>.py
+    venv: str           # "main" or a folder under .bench-venvs/
+    model: str          # package folder, GGUF file, ONNX folder or HF folder
+    weights: str        # what the weights are, in words
+    prepare: dict | None = None     # the job that builds `model`, run by the same peer: {"model": .., "variant": ..}
+
+    @property
+    def python(self) -> Path:
+        return Path(sys.executable) if self.venv == "main" else VENVS / self.venv / "bin" / "python"
+
+    def missing(self) -> str | None:
+        if not self.python.exists():
+            return f"no environment {self.python.parent.parent} (see docs/BENCHMARKS.md, Peers)"
+        if not Path(self.model).exists():
+            return f"no model at {self.model} (run `python bench/compare.py --prepare`)"
+        return None
+
+
+def systems() -> list[System]:
+    from slm.paths import cache_dir, default_package
+    from slm.sources import default_gguf
+
+    b, pk, gguf = bench_dir(), cache_dir(), str(default_gguf())
+    hf = str(b / "smollm2-135m-instruct-hf")
+
+    def slm(name, folder, weights, variant):
+        return System(name, "slm_engine", "main", str(folder), weights, {"model": gguf, "variant": variant})
+
+    return [
+        slm("slm int4", default_package(), "GGUF Q4_1 blocks carried (embedding Q8_0), accuracy_level 4", "gguf:4"),
+        slm("slm int4 RTN", pk / "bench-int4-rtn", "int4 RTN block 32, uint8 zero points, 8-bit embedding", "int4:4"),
+        slm("slm int8", pk / "bench-int8", "int8 RTN block 32", "int8:4"),
+        slm("slm fp32", pk / "smollm2-135m-instruct-fp32", "fp32", "fp32"),
+        System("genai int4", "genai", "genai", str(b / "genai-int4"), "its builder: -p int4 -e cpu", {"model": hf, "variant": "int4"}),
+        System("genai fp32", "genai", "genai", str(b / "genai-fp32"), "its builder: -p fp32 -e cpu", {"model": hf, "variant": "fp32"}),
+        System("llama.cpp Q4_1", "llamacpp", "llamacpp", gguf, "the shipped GGUF (Q4_1, embedding Q8_0)"),
+        System("llama.cpp Q4_0", "llamacpp", "llamacpp", str(b / "smollm2-135m-instruct-Q4_0.gguf"),
+               "Q4_0 requantised from the Q4_1 GGUF by llama.cpp", {"model": gguf, "variant": "Q4_0"}),
+        System("llama.cpp Q8_0", "llamacpp", "llamacpp", str(b / "smollm2-135m-instruct-Q8_0.gguf"),
+               "Q8_0 requantised from the Q4_1 GGUF by llama.cpp", {"model": gguf, "variant": "Q8_0"}),
+        System("optimum fp32", "optimum_ort", "optimum", str(b / "optimum-fp32"), "its ONNX export, fp32", {"model": hf, "variant": "fp32"}),
+        System("transformers fp32", "hf_eager", "main", hf, "fp32, eager attention"),
+    ]
+
+
+def run_peer(system: System, job: dict, timeout: int = 1800) -> dict:
+    """Run one job in a fresh process of the system's own environment; return its JSON (or {"error": ...})."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"model": system.model, **job}, f)
+    try:
+        proc = subprocess.run([str(system.python), str(PEERS / f"{system.peer}.py"), f.name],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    finally:
+        os.unlink(f.name)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr.strip().splitlines() or ["exit code %d" % proc.returncode])[-1][:300]}
+    return json.loads(lines[-1])
+
+
+def prepare_all(chosen: list[System]) -> None:
+    hf = bench_dir() / "smollm2-135m-instruct-hf"
+    if not (hf / "config.json").is_file():        # the HF folder the peers' own exporters read
+        from slm.sources import load_model, resolve_source
+        model, tok = load_model(resolve_source(None))
+        model.save_pretrained(hf)
+        tok.save_pretrained(hf)
+        print(f"wrote {hf}", file=sys.stderr)
+    for s in chosen:
+        if s.prepare is None or Path(s.model).exists():
+            continue
+        if not s.python.exists():
+            print(f"skip {s.name}: no environment {s.python.parent.parent}", file=sys.stderr)
+            continue
+        Path(s.model).parent.mkdir(parents=True, exist_ok=True)
+        res = run_peer(s, {"mode": "prepare", "out": s.model, **s.prepare})
+        print(f"{s.name}: {res}", file=sys.stderr)
+
+
+def prompt_ids(n: int) -> list[int]:
+    """The first n tokens of the haystack from PROMPT_OFFSET on, by the model's own tokenizer."""
+    from slm.paths import default_package
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(default_package() / "tokenizer.json"))
+    ids = tok.encode(HAYSTACK.read_text()[PROMPT_OFFSET:PROMPT_OFFSET + n * 8], add_special_tokens=False).ids[:n]
+    if len(ids) < n:
+        raise SystemExit(f"the haystack gives only {len(ids)} tokens from {PROMPT_OFFSET}; ask for fewer")
+    return ids
+
+
+def machine() -> dict:
+    model = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
+                  .stdout.splitlines() if ln.startswith("Model name")), platform.processor())
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "loadavg": os.getloadavg()[0], "platform": platform.platform()}
+
+
+def context_for(prompt_len: int, new_tokens: int) -> int:
+    """KV slots for one run: prompt + new tokens rounded up to 256 (every peer sizes its cache to the run)."""
+    return -(-(prompt_len + new_tokens) // 256) * 256
+
+
+def measure(chosen: list[System], prompt_lens: list[int], new_tokens: int, threads: int, repeats: int) -> list[dict]:
+    rows = []
+    for r in range(repeats):
+        for n in prompt_lens:
+            ids = prompt_ids(n)
+            k = (r * 3 + n) % len(chosen)                      # rotate the order every repeat and length
+            for s in chosen[k:] + chosen[:k]:
+                res = run_peer(s, {"mode": "speed", "ids": ids, "new_tokens": new_tokens, "threads": threads,
+                                   "ctx": context_for(n, new_tokens)})
+                res.update(system=s.name, prompt_len=n, repeat=r)
+                rows.append(res)
+                what = res.get("error") or f"{res['decode_tps']:.1f} tok/s, TTFT {res['ttft_s']:.3f} s, {res['peak_rss_mib']:.0f} MiB"
+                print(f"  run {r + 1}/{repeats} prompt {n} {s.name}: {what}", file=sys.stderr, flush=True)
+    return rows
+
+
+def summarise(rows: list[dict], chosen: list[System]) -> list[dict]:
+    """Median and spread per (system, prompt length), plus model size on disk."""
+    from bench.peers.common import size_mib
+
+    out = []
+    for s in chosen:
+        for n in sorted({r["prompt_len"] for r in rows}):
+            ok = [r for r in rows if r["system"] == s.name and r["prompt_len"] == n and "error" not in r]
+            errors = [r["error"] for r in rows if r["system"] == s.name and r["prompt_len"] == n and "error" in r]
+            entry = {"system": s.name, "weights": s.weights, "prompt_len": n, "runs": len(ok), "errors": errors,
+                     "size_mib": size_mib(s.model) if not s.model.endswith("-hf") else size_mib(Path(s.model) / "model.safetensors")}
+            for key in ("decode_tps", "ttft_s", "prefill_tps", "peak_rss_mib", "load_s"):
+                v = [r[key] for r in ok]
+                entry[key] = {"median": statistics.median(v), "min": min(v), "max": max(v)} if v else None
+            entry["version"] = ok[0]["version"] if ok else None
+            entry["tokens"] = ok[0]["tokens"] if ok else None
+            out.append(entry)
+    return out
+
+
+def markdown(summary: list[dict]) -> str:
+    def cell(e, key, fmt):
+        v = e[key]
+        return "—" if v is None else f"{fmt.format(v['median'])} ({fmt.format(v['min'])}–{fmt.format(v['max'])})"
+
+    lines = ["| system | prompt | decode tok/s | TTFT s | prefill tok/s | peak RSS MiB | size MiB | runs |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in sorted(summary, key=lambda e: (e["prompt_len"], -(e["decode_tps"] or {"median": 0})["median"])):
+        lines.append(f"| {e['system']} | {e['prompt_len']} | {cell(e, 'decode_tps', '{:.1f}')} | {cell(e, 'ttft_s', '{:.3f}')} | "
+                     f"{cell(e, 'prefill_tps', '{:.0f}')} | {cell(e, 'peak_rss_mib', '{:.0f}')} | {e['size_mib']:.0f} | "
+                     f"{e['runs']}{' (' + str(len(e['errors'])) + ' failed)' if e['errors'] else ''} |")
+    return "\n".join(lines)
+
+
+def ratios(summary: list[dict]) -> list[str]:
+    """slm int4 against the peers the issue sets targets for, per prompt length (median over median)."""
+    med = {(e["system"], e["prompt_len"]): e for e in summary if e["decode_tps"]}
+    lines = []
+    for n in sorted({e["prompt_len"] for e in summary}):
+        me = med.get(("slm int4", n))
+        if me is None:
+            continue
+        for peer in ("genai int4", "llama.cpp Q4_1", "llama.cpp Q4_0"):
+            p = med.get((peer, n))
+            if p:
+                lines.append(f"prompt {n}: slm int4 / {peer}: decode {me['decode_tps']['median'] / p['decode_tps']['median']:.2f}x, "
+                             f"TTFT {me['ttft_s']['median'] / p['ttft_s']['median']:.2f}x, "
+                             f"peak RSS {me['peak_rss_mib']['median'] / p['peak_rss_mib']['median']:.2f}x")
+    return lines
+
+
+def plot(summary: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(e["system"] for e in summary))
+    lens = sorted({e["prompt_len"] for e in summary})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.5))
+    width = 0.8 / len(names)
+    for ax, key, label in zip(axes, ("decode_tps", "ttft_s", "peak_rss_mib"),
+                              ("decode tokens/s (higher is better)", "time to first token, s (lower is better)",
+                               "peak RSS, MiB (lower is better)")):
+        for i, name in enumerate(names):
+            es = [next((e for e in summary if e["system"] == name and e["prompt_len"] == n), None) for n in lens]
+            med = [e[key]["median"] if e and e[key] else 0 for e in es]
+            lo = [m - e[key]["min"] if e and e[key] else 0 for m, e in zip(med, es)]
+            hi = [e[key]["max"] - m if e and e[key] else 0 for m, e in zip(med, es)]
+            ax.bar([j + i * width for j in range(len(lens))], med, width, yerr=[lo, hi], capsize=2, label=name)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(lens))], [f"{n}-token prompt" for n in lens])
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--systems", nargs="*", help="row names to run (default: every available one)")
+    ap.add_argument("--prompt-lens", nargs="*", type=int, default=[128, 512, 2048])
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prepare", action="store_true", help="build the peers' models that are missing, then stop")
+    ap.add_argument("--out", type=Path, default=OUT / "compare", help="writes OUT.json and OUT.png")
+    args = ap.parse_args()
+    every = systems()
+    unknown = set(args.systems or ()) - {s.name for s in every}
+    if unknown:
+        raise SystemExit(f"unknown systems {sorted(unknown)}; known: {[s.name for s in every]}")
+    chosen = [s for s in every if not args.systems or s.name in args.systems]
+    if args.prepare:
+        prepare_all(chosen)
+        return
+    skipped = {s.name: s.missing() for s in chosen if s.missing()}
+    for name, why in skipped.items():
+        print(f"skip {name}: {why}", file=sys.stderr)
+    chosen = [s for s in chosen if s.name not in skipped]
+    before = machine()
+    rows = measure(chosen, args.prompt_lens, args.new_tokens, args.threads, args.repeats)
+    after = machine()
+    summary = summarise(rows, chosen)
+    meta = {"command": "python bench/compare.py " + " ".join(sys.argv[1:]), "machine": before,
+            "loadavg_after": after["loadavg"], "threads": args.threads, "new_tokens": args.new_tokens,
+            "repeats": args.repeats, "skipped": skipped,
+            "versions": {e["system"]: e["version"] for e in summary if e["version"]},
+            "weights": {s.name: s.weights for s in chosen}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
+    title = (f"SmolLM2-135M-Instruct, {args.threads} threads, {args.new_tokens} new greedy tokens, "
+             f"median of {args.repeats} (bars: min-max); {before['cpu']}, {before['cores']} cores")
+    plot(summary, args.out.with_suffix(".png"), title)
+    print(f"\n{meta['command']}\nmachine: {before['cpu']}, {before['cores']} cores, python {before['python']}; "
+          f"load average {before['loadavg']:.2f} before, {after['loadavg']:.2f} after; {args.threads} threads, "
+          f"{args.new_tokens} new tokens, {args.repeats} runs each, median (min–max)\n")
+    print(markdown(summary))
+    print()
+    for name, v in meta["versions"].items():
+        print(f"- {name}: {v}; {meta['weights'][name]}")
+    for name, why in skipped.items():
+        print(f"- {name}: skipped ({why})")
+    print()
+    print("\n".join(ratios(summary)))
+    print(f"\nwrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The KV budget on a real tiny package: never exceeded, invisible when large enough, positions right."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime import Engine
+from runtime.eviction import POLICIES
+from slm.errors import BudgetExceededError, PromptTooLongError
+
+EVICTING = [p for p in POLICIES if p != "none"]
+
+
+@pytest.mark.parametrize("policy", EVICTING)
+def test_budget_never_exceeded_over_a_long_conversation(tiny_package, policy):
+    engine = Engine(tiny_package, threads=1, kv_budget=48, kv_policy=policy, evict_chunk=6, keep_recent=4)
+    cache = engine.cache
+    shapes = {k.shape for k in cache.keys + cache.values}
+    assert shapes == {(1, 2, 48, 16)}
+    messages = [{"role": "system", "content": "Be brief."}]
+    seen_eviction = False
+    for turn in range(6):
+        messages.append({"role": "user", "content": f"turn {turn}: tell me more"})
+        reply = []
+        for ev in engine.generate(messages, max_tokens=20):
+            assert ev.kv.cached_tokens <= 48 and ev.kv.capacity_tokens == 48
+            assert cache.length <= cache.capacity == 48
+            assert ev.kv.kv_bytes == cache.nbytes == 2 * 2 * 2 * 48 * 16 * 4
+            reply.append(ev.text)
+        seen_eviction |= ev.kv.evicted_tokens > 0
+        messages.append({"role": "assistant", "content": "".join(reply)})
+    assert {k.shape for k in cache.keys + cache.values} == shapes       # the buffers never grew
+    assert seen_eviction
+    assert len(cache.history) > 48                                        # the conversation outgrew the budget
+
+
+@pytest.mark.parametrize("policy", EVICTING)
+def test_large_budget_is_identical_to_no_eviction(tiny_package, policy):
+    prompt = "one two three four five six seven eight nine ten"
+    ref = [e.token for e in Engine(tiny_package, threads=1).generate(prompt, raw=True, max_tokens=24)]
+    got = list(Engine(tiny_package, threads=1, kv_budget=256, kv_policy=policy).generate(prompt, raw=True, max_tokens=24))
+    assert [e.token for e in got] == ref
+    assert got[-1].kv.evicted_tokens == 0
+
+
+def test_long_prompt_is_prefilled_in_chunks_within_budget(tiny_package):
+    engine = Engine(tiny_package, threads=1, kv_budget=64, kv_policy="h2o")
+    events = list(engine.generate("word " * 300, raw=True, max_tokens=5))
+    assert events[-1].prompt_tokens > 64 * 4
+    assert engine.cache.length <= 64 and events[-1].kv.evicted_tokens >= events[-1].prompt_tokens - 64
+    # the kept tokens keep their true positions; the next one continues after the whole prompt
+    assert engine.cache.next_position == events[-1].prompt_tokens + 4
+    assert engine.cache.positions[:, :, :engine.cache.length].max() == engine.cache.next_position - 1
+
+
+def test_policy_none_refuses_a_prompt_over_budget(tiny_package):
+    engine = Engine(tiny_package, threads=1, kv_budget=32, kv_policy="none")
+    with pytest.raises(PromptTooLongError, match="policy none"):
+        list(engine.generate("word " * 60, raw=True))
+    with pytest.raises(BudgetExceededError, match="eviction policy is 'none'"):
+        engine.cache.reset()
+        engine.prefill(engine.cache, list(range(100, 140)))
+
+
+def test_protected_turn_larger_than_budget_is_a_clear_error(tiny_package):
+    engine = Engine(tiny_package, threads=1, kv_budget=32, kv_policy="streaming")
+    with pytest.raises(BudgetExceededError, match="protected"):
+        list(engine.generate([{"role": "user", "content": "word " * 80}], max_tokens=4))
+
+
+def test_system_prompt_and_current_turn_survive_eviction(tiny_package):
+    engine = Engine(tiny_package, threads=1, kv_budget=64, kv_policy="tova", evict_chunk=8, keep_recent=4)
+    messages = [{"role": "system", "content": "You are a pirate."}]
+    for turn in range(5):
+        messages.append({"role": "user", "content": f"question number {turn}"})
+        reply = "".join(e.text for e in engine.generate(messages, max_tokens=12))
+        messages.append({"role": "assistant", "content": reply})
+    n_sys = len(engine.tokenizer.encode(engine.render_chat(messages[:1], add_generation_prompt=False),
+                                        add_special_tokens=False).ids)
+    kept = engine.cache.positions[:, :, :engine.cache.length]
+    for p in range(n_sys):          # every system-prompt token is still in every (layer, head)
+        assert (kept == p).any(axis=-1).all(), f"system token at position {p} was evicted"
+    assert engine.cache.evicted > 0
+
+
+def test_reposition_rotates_keys_to_their_new_positions(tiny_package):
+    """A cache filled at positions 100.. and re-positioned to 0.. gives the logits of one filled at 0..."""
+    engine = Engine(tiny_package, threads=1, kv_budget=64)
+    ids = list(range(200, 220))
+    a = engine.new_cache()
+    engine.prefill(a, ids)
+    ref = engine.decode_step(a, 7).copy()
+    b = engine.new_cache()
+    b.next_position = 100
+    engine.prefill(b, ids)
+    b.reposition()
+    assert b.next_position == len(ids)
+    got = engine.decode_step(b, 7)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_conversation_outlives_the_rotary_table(tiny_package):
+    engine = Engine(tiny_package, threads=1, kv_budget=64, kv_policy="streaming")
+    limit = engine.manifest.dims.max_positions             # 512 for the tiny model
+    events = list(engine.generate("go " * 40, raw=True, max_tokens=limit + 100, ignore_eos=True))
+    assert events[-1].generated_tokens == limit + 100
+    assert engine.cache.next_position <= limit
