@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +68,9 @@ class Engine:
             raise PackageError(f"{str(self.path / m.tokenizer_file)!r} is not a tokenizers file ({e})") from None
         self.template = compile_template(m.chat_template) if m.chat_template else None
         self.capacity = parse_budget(kv_budget, m) or min(m.kv.default_capacity, DEFAULT_CAPACITY)
-        self.eviction = EvictionConfig(policy=self.policy, evict_chunk=evict_chunk or max(1, self.capacity // 8),
-                                       keep_recent=self.capacity // 8 if keep_recent is None else keep_recent)
+        self.evict_chunk, self.keep_recent = evict_chunk, keep_recent
         self.protect_chat = protect_chat
-        self.prefill_chunk = max(1, min(prefill_chunk, self.capacity // 4))
+        self.prefill_chunk = prefill_chunk
         self.device = "cuda" if self.provider == "cuda" else "cpu"
         self.eos_ids = frozenset(m.eos_token_ids)
         self.cache = self.new_cache()
@@ -111,15 +109,24 @@ class Engine:
         for name, buf in zip(self.stats_outputs, cache.mass_ort):
             binding.bind_ortvalue_output(name, buf)
 
+    def eviction_for(self, cache: KVCache, protected: tuple = ()) -> EvictionConfig:
+        """When and how much to evict in `cache`: by default 1/8 of its capacity at a time, and its
+        newest 1/8 never."""
+        return EvictionConfig(policy=self.policy, evict_chunk=self.evict_chunk or max(1, cache.capacity // 8),
+                              keep_recent=cache.capacity // 8 if self.keep_recent is None else self.keep_recent,
+                              protected=protected)
+
     def prefill(self, cache: KVCache, ids: list[int], eviction: EvictionConfig | None = None) -> np.ndarray:
         """Feed `ids` after what the cache holds, in chunks, evicting to stay within the budget;
         return the last position's logits (vocab,)."""
         io = self.manifest.io
         out = np.zeros((1, 1, self.manifest.dims.vocab_size), np.float32)
-        for start in range(0, len(ids), self.prefill_chunk):
-            chunk = ids[start:start + self.prefill_chunk]
+        eviction = eviction or self.eviction_for(cache)
+        step = max(1, min(self.prefill_chunk, cache.capacity // 4))    # a chunk leaves room to evict around it
+        for start in range(0, len(ids), step):
+            chunk = ids[start:start + step]
             n = len(chunk)
-            self._make_room(cache, n, eviction or self.eviction)
+            self._make_room(cache, n, eviction)
             binding = self.session.io_binding()
             binding.bind_cpu_input(io.input_ids, np.array([chunk], np.int64))
             binding.bind_cpu_input(io.position_ids, np.arange(cache.next_position, cache.next_position + n, dtype=np.int64)[None])
@@ -138,7 +145,7 @@ class Engine:
     def decode_step(self, cache: KVCache, token: int, eviction: EvictionConfig | None = None) -> np.ndarray:
         """Feed one token; return its logits (vocab,). The step's inputs live in fixed numpy arrays
         bound once per cache, so a step writes four numbers and runs the graph."""
-        self._make_room(cache, 1, eviction or self.eviction)
+        self._make_room(cache, 1, eviction or self.eviction_for(cache))
         step = cache.decode_binding
         if step is None:
             step = cache.decode_binding = _DecodeBinding(self, cache)
@@ -192,7 +199,7 @@ class Engine:
                                      f"KV budget {cache.capacity} tokens, policy none)")
         self._reuse_or_reset(cache, ids)
         fed = len(cache.history)
-        eviction = replace(self.eviction, protected=self._protected(prompt, ids, cache.next_position - fed))
+        eviction = self.eviction_for(cache, self._protected(prompt, ids, cache.next_position - fed))
         logits = self.prefill(cache, ids[fed:], eviction)
         rng = make_rng(params)
         seen = np.zeros(len(ids) + max_tokens, np.int64) if params.repetition_penalty != 1.0 else None

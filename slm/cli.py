@@ -208,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=2, help="requests generating at once")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("eval", help="evaluations")
+    evals = p.add_subparsers(dest="eval_command", required=True)
+    from runtime.longctx import evaluate as longctx
+    e = evals.add_parser("longctx", help="long-context retrieval under each KV policy and budget (RULER-style, LongEval)")
+    longctx.add_arguments(e)
+    e.set_defaults(func=longctx.run)
+
     try:
         from distill.cli import register as register_distill
     except ImportError:

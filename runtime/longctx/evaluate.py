@@ -1,0 +1,175 @@
+"""`slm eval longctx`: how well each KV policy keeps what matters, against the bytes it used.
+
+For every (policy, budget) cell a fresh process runs every case (so peak RSS is the cell's own):
+budgets are fractions of each prompt's length; 100% is the full cache (no eviction, policy none).
+Results: a JSON file, a markdown table and a PNG plot in --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runtime.longctx.tasks import GENERATORS, HAYSTACKS, Case, longeval_lines, make_cases
+
+POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm")
+BUDGETS = (0.5, 0.25, 0.125)
+
+
+def build_cases(engine, args) -> list[Case]:
+    count = lambda text: len(engine.tokenizer.encode(text, add_special_tokens=False).ids)
+    cases = []
+    for task in args.tasks:
+        for haystack in (("wordlist",) if task == "common_words" else args.haystacks):
+            for length in args.lengths:
+                cases += make_cases(task, length, haystack, args.samples, count, seed=args.seed)
+    for spec in args.longeval:
+        lines, n = (int(x) for x in spec.split(":"))
+        cases += longeval_lines(lines, n)
+    return cases
+
+
+def run_cell(package: str, policy: str, budget: float, args) -> dict:
+    """One (policy, budget): every case, greedy; score, KV bytes, decode speed; peak RSS at the end."""
+    from runtime import Engine
+
+    engine = Engine(package, threads=args.threads, kv_policy=policy, protect_chat=False)
+    per_token = engine.manifest.kv.bytes_per_token(engine.manifest.dims)
+    rows = []
+    for case in build_cases(engine, args):
+        prompt = [{"role": "user", "content": case.prompt}] if engine.template else case.prompt
+        n_prompt = len(engine.encode(prompt))
+        if n_prompt + case.max_tokens > engine.manifest.dims.max_positions:
+            rows.append({"task": case.task, "skipped": f"{n_prompt} tokens exceed the model's context"})
+            continue
+        capacity = n_prompt + case.max_tokens if budget >= 1 else max(16, int(budget * n_prompt))
+        cache = engine.new_cache(capacity)
+        t0 = time.perf_counter()
+        events = list(engine.generate(prompt, max_tokens=case.max_tokens, cache=cache))
+        output = "".join(e.text for e in events)
+        rows.append({"task": case.task, "haystack": case.haystack, "length": case.length, "prompt_tokens": n_prompt,
+                     "capacity": capacity, "kv_bytes": capacity * per_token, "score": case.score(output),
+                     "decode_tps": events[-1].tokens_per_s, "seconds": time.perf_counter() - t0,
+                     "evicted": events[-1].kv.evicted_tokens, "output": output[:200]})
+    return {"policy": policy if budget < 1 else "full", "budget": budget, "rows": rows, "peak_rss_mib": _peak_rss_mib()}
+
+
+def _peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def summarise(cells: list[dict]) -> str:
+    def mean(rows, key):
+        vals = [r[key] for r in rows if key in r]
+        return statistics.mean(vals) if vals else float("nan")
+    budgets = sorted({c["budget"] for c in cells if c["budget"] < 1}, reverse=True)
+    full = next(c for c in cells if c["policy"] == "full")
+    lines = ["| policy | " + " | ".join(f"score @{b:.1%}" for b in budgets) + " | KV MiB @" + f"{budgets[-1]:.1%}"
+             + " | decode tok/s | peak RSS MiB |", "|---|" + "---:|" * (len(budgets) + 3)]
+    lines.append(f"| full cache (100%) | " + " | ".join(f"{mean(full['rows'], 'score'):.3f}" for _ in budgets)
+                 + f" | {mean(full['rows'], 'kv_bytes') / 2**20:.1f} | {mean(full['rows'], 'decode_tps'):.1f} | {full['peak_rss_mib']:.0f} |")
+    for policy in POLICIES:
+        row = [c for c in cells if c["policy"] == policy]
+        if not row:
+            continue
+        by = {c["budget"]: c for c in row}
+        low = by.get(budgets[-1], row[0])
+        lines.append(f"| {policy} | " + " | ".join(f"{mean(by[b]['rows'], 'score'):.3f}" if b in by else "—" for b in budgets)
+                     + f" | {mean(low['rows'], 'kv_bytes') / 2**20:.1f} | {statistics.mean(mean(c['rows'], 'decode_tps') for c in row):.1f}"
+                     + f" | {max(c['peak_rss_mib'] for c in row):.0f} |")
+    tasks = sorted({r["task"] for r in full["rows"]})
+    lines += ["", "Per task (score at the smallest budget; full cache first):", "",
+              "| task | full | " + " | ".join(p for p in POLICIES if any(c["policy"] == p for c in cells)) + " |",
+              "|---|" + "---:|" * (1 + sum(any(c["policy"] == p for c in cells) for p in POLICIES))]
+    for t in tasks:
+        cells_low = [next((c for c in cells if c["policy"] == p and c["budget"] == budgets[-1]), None)
+                     for p in POLICIES if any(c["policy"] == p for c in cells)]
+        vals = [mean([r for r in full["rows"] if r["task"] == t], "score")] + \
+               [mean([r for r in c["rows"] if r["task"] == t], "score") if c else float("nan") for c in cells_low]
+        lines.append(f"| {t} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def plot(cells: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = statistics.mean(r["score"] for r in next(c for c in cells if c["policy"] == "full")["rows"] if "score" in r)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for policy in POLICIES:
+        pts = sorted((c["budget"], statistics.mean(r["score"] for r in c["rows"] if "score" in r))
+                     for c in cells if c["policy"] == policy)
+        if pts:
+            ax.plot([1.0] + [b for b, _ in pts][::-1], [full] + [s for _, s in pts][::-1], marker="o", label=policy)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("KV budget (fraction of the prompt)")
+    ax.set_ylabel("mean score")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="PACKAGE_OR_SOURCE")
+    p.add_argument("--policies", nargs="*", default=list(POLICIES), choices=POLICIES)
+    p.add_argument("--budgets", nargs="*", type=float, default=list(BUDGETS), help="fractions of the prompt (< 1)")
+    p.add_argument("--tasks", nargs="*", default=list(GENERATORS), choices=list(GENERATORS))
+    p.add_argument("--haystacks", nargs="*", default=list(HAYSTACKS), choices=HAYSTACKS)
+    p.add_argument("--lengths", nargs="*", type=int, default=[1024, 2048, 4096])
+    p.add_argument("--samples", type=int, default=2, help="cases per (task, haystack, length)")
+    p.add_argument("--longeval", nargs="*", default=["200:4"], metavar="LINES:N", help="LongEval line-retrieval cases")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="docs/longctx", help="folder for results.json, table.md, plot.png")
+    p.add_argument("--cell", nargs=3, metavar=("PACKAGE", "POLICY", "BUDGET"), help=argparse.SUPPRESS)
+
+
+def run(args) -> int:
+    """The parent: one process per cell, then the table and the plot."""
+    if args.cell:
+        print(json.dumps(run_cell(args.cell[0], args.cell[1], float(args.cell[2]), args)))
+        return 0
+    from slm.paths import resolve_package
+    package = str(resolve_package(args.model))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    passthrough = ["--tasks", *args.tasks, "--haystacks", *args.haystacks, "--lengths", *map(str, args.lengths),
+                   "--samples", str(args.samples), "--seed", str(args.seed), "--threads", str(args.threads),
+                   "--longeval", *args.longeval]
+    cells = []
+    for policy, budget in [("none", 1.0)] + [(p, b) for b in args.budgets for p in args.policies]:
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-m", "runtime.longctx.evaluate", "--cell", package, policy, str(budget),
+                               *passthrough], capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            raise SystemExit(f"cell {policy} @ {budget} failed")
+        cells.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        scored = [r["score"] for r in cells[-1]["rows"] if "score" in r]
+        print(f"[longctx] {policy:9s} @ {budget:6.1%}: score {statistics.mean(scored):.3f} over {len(scored)} cases "
+              f"({time.time() - t0:.0f} s)", file=sys.stderr)
+        (out / "results.json").write_text(json.dumps({"package": package, "args": {k: v for k, v in vars(args).items() if k != "func"}, "cells": cells}, indent=1))
+    table = summarise(cells)
+    (out / "table.md").write_text(table + "\n")
+    plot(cells, out / "plot.png", Path(package).name)
+    print(table)
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="slm eval longctx", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
