@@ -94,7 +94,7 @@ def main() -> None:
     print(f"\npython bench/quality.py {' '.join(sys.argv[1:])}\n{len(prompts)} prompts ({len(prompts) - len(CHAT)} "
           f"Tiny Shakespeare slices of 128 tokens, {len(CHAT)} chat prompts) x {args.new_tokens} greedy tokens against "
           f"{REFERENCE}; perplexity over {args.windows} x {args.window} held-out tokens; machine {machine()['cpu']}\n")
-    print("| system | weights | greedy tokens matching fp32 before the first difference, per prompt | mean | all 32 | perplexity | vs fp32 |")
+    print(f"| system | weights | greedy tokens matching fp32 before the first difference, per prompt | mean | all {args.new_tokens} | perplexity | vs fp32 |")
     print("|---|---|---|---:|---:|---:|---:|")
     table = []
     for s in chosen:

@@ -234,14 +234,10 @@ class Engine:
 
     @staticmethod
     def _reuse_or_reset(cache: KVCache, ids: list[int]) -> None:
-        """Keep what the cache holds of a conversation that `ids` extends; otherwise start over.
-        An evicted cache is a compressed state of its whole history, so it is kept only when `ids`
-        extends that history exactly."""
-        common = _common_prefix(cache.history, ids)
-        if cache.evicted == 0:
-            common = min(common, len(ids) - 1)      # at least one token must run to give logits
-            cache.truncate(common) if common else cache.reset()
-        elif not (common == len(cache.history) < len(ids)):
+        """Keep what the cache holds of the conversation `ids` continues, rewinding a changed tail
+        (e.g. a reply re-tokenised differently); start over when eviction makes that inexact."""
+        common = min(_common_prefix(cache.history, ids), len(ids) - 1)   # one token must run for logits
+        if not cache.rewind(common):
             cache.reset()
 
     def _protected(self, prompt, ids: list[int], shift: int) -> tuple[tuple[int, int], ...]:

@@ -92,15 +92,27 @@ class KVCache:
 
     def append(self, n: int) -> None:
         """Record that the graph appended n tokens at slots [length, length+n)."""
-        self.positions[:, :, self.length:self.length + n] = np.arange(self.next_position, self.next_position + n)
+        new = slice(self.length, self.length + n)
+        self.positions[:, :, new] = np.arange(self.next_position, self.next_position + n)
+        for stat in (self.cumulative, self.recent, self.last):
+            stat[:, :, new] = 0.0               # slots freed by eviction hold stale statistics
         self.length += n
         self.next_position += n
 
-    def truncate(self, length: int) -> None:
-        """Forget slots from `length` on (only valid before any eviction)."""
-        self.length = length
-        self.next_position = length
-        self.history = self.history[:length]
+    def rewind(self, keep: int) -> bool:
+        """Forget every token fed after the first `keep` of the history (a conversation that changed
+        its last turn). False when eviction already removed some of them: then only a reset is exact."""
+        drop = len(self.history) - keep
+        if drop <= 0:
+            return True
+        cut = self.next_position - drop                 # the dropped tokens sit at positions >= cut
+        counts = (self.positions[:, :, :self.length] >= cut).sum(-1)
+        if (counts != drop).any():
+            return False
+        self.length -= drop
+        self.next_position = cut
+        del self.history[keep:]
+        return True
 
     def observe(self, n_queries: int) -> None:
         """Fold the step's attention mass (written by the graph into `self.mass`, summed over the

@@ -48,7 +48,8 @@ def greedy_and_nll(model, job: dict) -> dict:
                                min_new_tokens=job["new_tokens"], do_sample=False)
             tokens.append([int(t) for t in y[0, len(ids):]])
         for ids in job["windows"]:
-            logits = model(torch.tensor([ids])).logits[0].float().numpy()
+            x = torch.tensor([ids])
+            logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0].float().numpy()
             nlls.append([nll(logits[i], ids[i + 1]) for i in range(len(ids) - 1)])
     return {"tokens": tokens, "nll": nlls}
 
