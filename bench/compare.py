@@ -54,9 +54,21 @@ class System:
     def missing(self) -> str | None:
         if not self.python.exists():
             return f"no environment {self.python.parent.parent} (see docs/BENCHMARKS.md, Peers)"
-        if not Path(self.model).exists():
-            return f"no model at {self.model} (run `python bench/compare.py --prepare`)"
+        if not Path(self.model).exists() or self.stale():
+            return f"no current model at {self.model} (run `python bench/compare.py --prepare`)"
         return None
+
+    def stale(self) -> bool:
+        """An slm package written by an older exporter than this checkout reads (re-exported by --prepare)."""
+        if self.peer != "slm_engine":
+            return False
+        from slm.errors import PackageError
+        from slm.package import read_manifest
+        try:
+            read_manifest(Path(self.model))
+        except PackageError:
+            return True
+        return False
 
 
 def systems() -> list[System]:
@@ -111,8 +123,14 @@ def prepare_all(chosen: list[System]) -> None:
         model.save_pretrained(hf)
         tok.save_pretrained(hf)
         print(f"wrote {hf}", file=sys.stderr)
+    config = json.loads((hf / "config.json").read_text())
+    if "rope_theta" not in config and "rope_parameters" in config:
+        # transformers 5 writes rope_parameters only; optimum's transformers 4.x reads rope_theta and
+        # would silently fall back to 10,000 (SmolLM2 uses 100,000)
+        config["rope_theta"] = config["rope_parameters"]["rope_theta"]
+        (hf / "config.json").write_text(json.dumps(config, indent=2))
     for s in chosen:
-        if s.prepare is None or Path(s.model).exists():
+        if s.prepare is None or (Path(s.model).exists() and not s.stale()):
             continue
         if not s.python.exists():
             print(f"skip {s.name}: no environment {s.python.parent.parent}", file=sys.stderr)

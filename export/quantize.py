@@ -68,19 +68,29 @@ def concat_rows(weights: list[NBitsWeight]) -> NBitsWeight:
 
 
 def quantize_rtn(w: np.ndarray, bits: int, block_size: int) -> NBitsWeight:
-    """Asymmetric round-to-nearest per block of `block_size` inputs, uint8 zero points."""
+    """Asymmetric round-to-nearest per block of `block_size` inputs over the block's [min, max].
+
+    4 bits: float zero points (llama.cpp's Q4_1 grid; exported through the fast symmetric kernel plus
+    a per-block offset, see export.graph.linear_float_zero_point). 8 bits: uint8 zero points, as
+    ONNX Runtime's CPU kernel requires.
+    """
     n, k = w.shape
     if k % block_size:
         raise ValueError(f"input size {k} is not a multiple of block_size {block_size}")
     qmax = 2 ** bits - 1
     blocks = w.astype(np.float32).reshape(n, k // block_size, block_size)
-    lo = np.minimum(blocks.min(-1), 0.0)
-    hi = np.maximum(blocks.max(-1), 0.0)
+    lo, hi = blocks.min(-1), blocks.max(-1)
+    if bits == 8:                                   # an integer zero point needs 0 inside the range
+        lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
     scale = (hi - lo) / qmax
     scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
-    zp = np.clip(np.rint(-lo / scale), 0, qmax).astype(np.uint8)
-    q = np.clip(np.rint(blocks / scale[..., None]) + zp[..., None], 0, qmax).astype(np.uint8)
-    return NBitsWeight(q.reshape(n, k), scale, zp, bits, block_size, "rtn")
+    if bits == 8:
+        zp = np.clip(np.rint(-lo / scale), 0, qmax).astype(np.uint8)
+        q = np.clip(np.rint(blocks / scale[..., None]) + zp[..., None], 0, qmax)
+    else:
+        zp = (-lo / scale).astype(np.float32)
+        q = np.clip(np.rint((blocks - lo[..., None]) / scale[..., None]), 0, qmax)
+    return NBitsWeight(q.astype(np.uint8).reshape(n, k), scale, zp, bits, block_size, "rtn")
 
 
 # --- GGUF ------------------------------------------------------------------------------------------

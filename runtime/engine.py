@@ -44,7 +44,7 @@ class Engine:
         self.path = Path(package)
         self.manifest = read_manifest(self.path)
         m = self.manifest
-        self.policy = make_policy(kv_policy)
+        self.policy = make_policy(kv_policy, self.path)
         self.kv_policy = kv_policy
         graph = m.model_file
         if self.policy is not None and self.policy.needs_attention:

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.eviction import CacheView, Policy
+from runtime.eviction.base import SPECTRUM_HALF_LIVES
 from slm.errors import BudgetExceededError, SlmError
 from slm.package import Manifest
 
@@ -75,6 +76,7 @@ class KVCache:
         self.cumulative = np.zeros(stats_shape, np.float32)
         self.recent = np.zeros(stats_shape, np.float32)
         self.last = np.zeros(stats_shape, np.float32)
+        self.spectrum = np.zeros((len(SPECTRUM_HALF_LIVES),) + stats_shape, np.float32)
         # where the graph writes each layer's attention mass per slot (padded to capacity), bound once
         self.mass = np.zeros((d.num_layers, 1, d.num_kv_heads, capacity), np.float32) if attention_stats else None
         self.mass_ort = [ort.OrtValue.ortvalue_from_numpy(m) for m in self.mass] if attention_stats else []
@@ -89,6 +91,7 @@ class KVCache:
         self.cumulative[:] = 0
         self.recent[:] = 0
         self.last[:] = 0
+        self.spectrum[:] = 0
 
     def append(self, n: int) -> None:
         """Record that the graph appended n tokens at slots [length, length+n)."""
@@ -96,6 +99,7 @@ class KVCache:
         self.positions[:, :, new] = np.arange(self.next_position, self.next_position + n)
         for stat in (self.cumulative, self.recent, self.last):
             stat[:, :, new] = 0.0               # slots freed by eviction hold stale statistics
+        self.spectrum[..., new] = 0.0
         self.length += n
         self.next_position += n
 
@@ -124,11 +128,14 @@ class KVCache:
         self.recent[:, :, :n] *= decay
         self.recent[:, :, :n] += m / n_queries
         self.last[:, :, :n] = m / n_queries
+        decays = 0.5 ** (n_queries / np.asarray(SPECTRUM_HALF_LIVES, np.float32))
+        self.spectrum[..., :n] *= decays[:, None, None, None]
+        self.spectrum[..., :n] += m / n_queries
 
     def view(self) -> CacheView:
         n = self.length
         return CacheView(positions=self.positions[:, :, :n], cumulative=self.cumulative[:, :, :n],
-                         recent=self.recent[:, :, :n], last=self.last[:, :, :n],
+                         recent=self.recent[:, :, :n], last=self.last[:, :, :n], spectrum=self.spectrum[..., :n],
                          keys=[k[0, :, :n] for k in self.keys], next_position=self.next_position)
 
     def make_room(self, n: int, config: EvictionConfig) -> int:
@@ -170,6 +177,7 @@ class KVCache:
                 buf[0, :, :m] = np.take_along_axis(buf[0, :, :self.length], idx[..., None], axis=1)
         for stat in (self.positions, self.cumulative, self.recent, self.last):
             stat[:, :, :m] = np.take_along_axis(stat[:, :, :self.length], keep, axis=-1)
+        self.spectrum[..., :m] = np.take_along_axis(self.spectrum[..., :self.length], keep[None], axis=-1)
         self.length = m
 
     def reposition(self) -> None:

@@ -5,6 +5,7 @@ A package is a folder:
     manifest.json     this module's `Manifest`, with `format_version`
     model.onnx        the graph (+ model.onnx.data when the weights are large)
     tokenizer.json    a Hugging Face `tokenizers` file
+    namm.npz          optional: an evolved NAMM eviction scorer (`slm evolve`)
 
 Only this module parses manifest.json. Stdlib only: the runtime imports it.
 """
@@ -100,6 +101,7 @@ class Manifest:
     model_file: str = "model.onnx"
     attention_model_file: str = ""  # the same model plus per-layer attention mass outputs ("" = none)
     tokenizer_file: str = "tokenizer.json"
+    namm_file: str = ""         # an evolved NAMM eviction scorer (.npz, written by `slm evolve`; "" = none)
     source: str = ""            # what the package was exported from
     format_version: int = FORMAT_VERSION
 
@@ -155,7 +157,8 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not isinstance(d, dict):
         raise PackageError(f"{str(path)!r} holds {type(d).__name__}, expected a JSON object")
     m = Manifest.from_dict(d)
-    for name in (m.model_file, m.tokenizer_file) + ((m.attention_model_file,) if m.attention_model_file else ()):
+    optional = tuple(name for name in (m.attention_model_file, m.namm_file) if name)
+    for name in (m.model_file, m.tokenizer_file) + optional:
         if not (folder / name).is_file():
             raise PackageError(f"package {str(folder)!r} lacks {name!r} named by its manifest; re-export it")
     return m

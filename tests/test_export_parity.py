@@ -50,7 +50,7 @@ def graph_logits(package, ids: np.ndarray) -> np.ndarray:
              m.io.seqlens_k: np.array([n - 1], np.int32), m.io.total_sequence_length: np.array(n, np.int32),
              m.io.num_logits_to_keep: np.array(n, np.int64)}
     for name in m.kv.past_key + m.kv.past_value:
-        feeds[name] = np.zeros((1, m.dims.num_kv_heads, n, m.dims.head_dim), np.float32)
+        feeds[name] = np.zeros((1, m.dims.num_kv_heads, n, m.dims.head_dim), np.dtype(m.kv.dtype))
     return s.run([m.io.logits], feeds)[0]
 
 

@@ -8,7 +8,7 @@ from runtime import Engine
 from runtime.eviction import POLICIES
 from slm.errors import BudgetExceededError, PromptTooLongError
 
-EVICTING = [p for p in POLICIES if p != "none"]
+EVICTING = [p for p in POLICIES if p not in ("none", "namm")]   # namm needs an evolved scorer: tests/test_namm.py
 
 
 @pytest.mark.parametrize("policy", EVICTING)

@@ -77,10 +77,25 @@ def quality(job: dict) -> dict:
     return {"tokens": tokens, "nll": nlls, "version": f"onnxruntime-genai {og.__version__}"}
 
 
+# onnxruntime-genai 0.18's builder needs transformers 5, whose configs keep rope_theta only inside
+# rope_parameters; the builder asks hasattr(config, "rope_theta") and silently falls back to 10,000
+# (SmolLM2 uses 100,000). The shim gives the config class the attribute back for the builder's run.
+_BUILDER = """
+import runpy, sys, transformers
+from transformers import PretrainedConfig
+if not hasattr(PretrainedConfig, "rope_theta"):
+    PretrainedConfig.rope_theta = property(lambda self: (getattr(self, "rope_parameters", None) or {})["rope_theta"])
+sys.argv = ["builder"] + sys.argv[1:]
+runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")
+"""
+
+
 def prepare(job: dict) -> dict:
     """Its model builder on the HF folder: variant "int4" or "fp32", CPU."""
-    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", job["model"], "-o", job["out"],
-                    "-p", job["variant"], "-e", "cpu", "-c", job["out"] + ".cache"], check=True)
+    proc = subprocess.run([sys.executable, "-c", _BUILDER, "-i", job["model"], "-o", job["out"], "-p", job["variant"],
+                           "-e", "cpu", "-c", job["out"] + ".cache"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1])
     return {"out": job["out"]}
 
 

@@ -1,23 +1,31 @@
 """KV-cache eviction policies. The cache owns the budget and decides when to evict; a policy decides
-which tokens go. `make_policy(name)` -> a policy, or None for "none" (never evict: over budget is an error)."""
+which tokens go. `make_policy(name, package)` -> a policy, or None for "none" (never evict: over budget is an
+error); a learned policy (namm) reads its parameters from the package."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from runtime.eviction.base import CacheView, Policy
 from runtime.eviction.h2o import H2O
 from runtime.eviction.knorm import KeyNorm
+from runtime.eviction.namm import NAMM
 from runtime.eviction.snapkv import SnapKV
 from runtime.eviction.streaming_llm import StreamingLLM
 from runtime.eviction.tova import TOVA
 from slm.errors import SlmError
 
-POLICIES = {"none": None, "streaming": StreamingLLM, "h2o": H2O, "tova": TOVA, "snapkv": SnapKV, "knorm": KeyNorm}
+POLICIES = {"none": None, "streaming": StreamingLLM, "h2o": H2O, "tova": TOVA, "snapkv": SnapKV, "knorm": KeyNorm, "namm": NAMM}
 
 
-def make_policy(name: str) -> Policy | None:
+def make_policy(name: str, package: str | Path | None = None) -> Policy | None:
     if name not in POLICIES:
         raise SlmError(f"--kv-policy {name!r} is unknown; accepted: {', '.join(POLICIES)}")
     cls = POLICIES[name]
+    if cls is NAMM:
+        if package is None:
+            raise SlmError("--kv-policy namm reads its evolved scorer from a package; none was given")
+        return NAMM.from_package(package)
     return cls() if cls else None
 
 
-__all__ = ["CacheView", "Policy", "POLICIES", "make_policy", "H2O", "KeyNorm", "SnapKV", "StreamingLLM", "TOVA"]
+__all__ = ["CacheView", "Policy", "POLICIES", "make_policy", "H2O", "KeyNorm", "NAMM", "SnapKV", "StreamingLLM", "TOVA"]

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+SPECTRUM_HALF_LIVES = (4.0, 64.0, 256.0)   # queries: the cache's bank of attention-mass EMAs (`spectrum`)
+
 
 @dataclass(frozen=True)
 class CacheView:
@@ -15,6 +17,7 @@ class CacheView:
     last: np.ndarray            # float32 (L, H, n): mass from the latest step's queries (per query)
     keys: list[np.ndarray]      # per layer (H, n, head_dim): cached keys (after rotary)
     next_position: int          # position the next token will take
+    spectrum: np.ndarray | None = None  # float32 (S, L, H, n): EMAs of the mass at SPECTRUM_HALF_LIVES
 
 
 class Policy:

@@ -1,0 +1,168 @@
+"""Evolving a NAMM scorer with CMA-ES (Hansen's `cma`), as the NAMM paper does.
+
+    theta ~ CMA-ES(mean, sigma, C)          flat BackwardAttentionMemory parameters
+    fitness(theta) = mean over training probes of retention(NAMM(theta), budget)
+
+The line that is the whole idea: `es.tell(population, [-f for f in fitness])` (cma minimises).
+Each generation evaluates the population and the current mean in worker processes (one ONNX Runtime
+thread each), then pickles the CMA state, numpy's global RNG (which `cma` samples from) and the
+history to `checkpoint.pkl`; a killed run started again with the same arguments continues the same
+run. The probes and their full-cache reference are computed once and kept in the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from runtime.eviction.namm import NAMM, BackwardAttentionMemory, initial_vector
+
+CHECKPOINT = "checkpoint.pkl"
+
+
+@dataclass(frozen=True)
+class EvolveConfig:
+    package: str
+    budget: float = 0.25                # KV budget as a fraction of each prompt
+    generations: int = 30
+    popsize: int = 7                    # + the mean: evaluated every generation
+    sigma0: float = 0.05
+    seed: int = 0
+    workers: int = 2
+    tasks: tuple[str, ...] = ("niah_single", "niah_multikey", "variable_tracking")
+    haystacks: tuple[str, ...] = ("shakespeare",)
+    length: int = 512                   # prompt tokens
+    samples: int = 2                    # probes per (task, haystack)
+    prior: str = "log_mass_ema16"       # the feature the initial mean ranks by ("" = none)
+
+    def same_run(self, other: "EvolveConfig") -> bool:
+        """Everything but the number of generations (and workers) must match to resume."""
+        a, b = asdict(self), asdict(other)
+        for k in ("generations", "workers"):
+            a.pop(k), b.pop(k)
+        return a == b
+
+
+# --- worker processes: one engine each, loaded once -----------------------------------------------
+_worker: dict = {}
+
+
+def _open_engine(package: str):
+    from runtime import Engine
+    # any policy that needs attention opens the graph with attention-mass outputs; the policy that
+    # actually evicts is passed per call (EvictionConfig), so one engine serves every candidate
+    return Engine(package, threads=1, kv_policy="tova", protect_chat=False)
+
+
+def _init_worker(package: str, probes, reference, budget: float) -> None:
+    _worker.update(engine=_open_engine(package), probes=probes, reference=reference, budget=budget)
+
+
+def _fitness(theta: np.ndarray) -> tuple[float, list[float]]:
+    from evolve.probes import retention
+    w = _worker
+    r = retention(w["engine"], w["probes"], w["reference"], NAMM(BackwardAttentionMemory.from_vector(theta)), w["budget"])
+    return float(np.mean(r)), r
+
+
+def _reference(package: str, probes) -> list[float]:
+    from evolve.probes import probe_logprob
+    engine = _worker.get("engine") or _worker.setdefault("engine", _open_engine(package))
+    return [probe_logprob(engine, p, None, 1.0) for p in probes]
+
+
+def _pool(cfg: EvolveConfig, probes, reference) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(cfg.package, probes, reference, cfg.budget))
+
+
+# --- the run ------------------------------------------------------------------------------------
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)           # a kill leaves either the old or the new checkpoint, never half
+
+
+def load_checkpoint(out: str | Path) -> dict | None:
+    path = Path(out) / CHECKPOINT
+    if not path.is_file():
+        return None
+    with open(path, "rb") as fh:
+        return pickle.load(fh)
+
+
+def _start(cfg: EvolveConfig, log) -> dict:
+    import cma
+
+    from evolve.probes import make_probes
+    engine = _open_engine(cfg.package)
+    probes = make_probes(engine, list(cfg.tasks), list(cfg.haystacks), cfg.length, cfg.samples, cfg.seed)
+    t0 = time.time()
+    with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
+        halves = [probes[i::cfg.workers] for i in range(cfg.workers)]
+        refs = list(pool.map(_reference, [cfg.package] * cfg.workers, halves))
+    reference = [0.0] * len(probes)
+    for i, part in enumerate(refs):
+        reference[i::cfg.workers] = part
+    log(f"[evolve] {len(probes)} probes ({', '.join(cfg.tasks)} on {', '.join(cfg.haystacks)}, ~{cfg.length} tokens); "
+        f"full-cache answer log-prob {np.mean(reference):.3f}/token ({time.time() - t0:.0f} s)")
+    x0 = initial_vector(cfg.seed, cfg.prior or None)
+    es = cma.CMAEvolutionStrategy(x0, cfg.sigma0, {"seed": cfg.seed + 1, "popsize": cfg.popsize,
+                                                   "CMA_diagonal": True, "verbose": -9})
+    return {"config": cfg, "es": es, "generation": 0, "probes": probes, "reference": reference, "history": [],
+            "best_mean": (-np.inf, x0), "rng": np.random.get_state(), "seconds": 0.0}
+
+
+def evolve(cfg: EvolveConfig, out: str | Path, log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    """Run (or resume) until `cfg.generations`; return the final state. Checkpoint after every generation."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = load_checkpoint(out)
+    if state is None:
+        state = _start(cfg, log)
+        _save(out / CHECKPOINT, state)
+    elif not state["config"].same_run(cfg):
+        from slm.errors import SlmError
+        raise SlmError(f"{str(out)!r} holds a different run ({state['config']}); use another --out or the same arguments")
+    else:
+        log(f"[evolve] resuming {str(out)!r} at generation {state['generation']}")
+    state["config"] = cfg
+    es = state["es"]
+    if state["generation"] >= cfg.generations:
+        return state
+    with _pool(cfg, state["probes"], state["reference"]) as pool:
+        while state["generation"] < cfg.generations:
+            t0 = time.time()
+            np.random.set_state(state["rng"])
+            mean = np.array(es.mean, copy=True)
+            population = es.ask()
+            results = list(pool.map(_fitness, population + [mean]))
+            fitness = [f for f, _ in results[:-1]]
+            mean_fitness, mean_per_probe = results[-1]
+            es.tell(population, [-f for f in fitness])
+            if mean_fitness > state["best_mean"][0]:
+                state["best_mean"] = (mean_fitness, mean)
+            state["generation"] += 1
+            state["seconds"] += time.time() - t0
+            row = {"generation": state["generation"], "mean_fitness": mean_fitness, "best": max(fitness),
+                   "median": float(np.median(fitness)), "sigma": float(es.sigma), "seconds": time.time() - t0,
+                   "mean_per_probe": mean_per_probe}
+            state["history"].append(row)
+            state["rng"] = np.random.get_state()
+            _save(out / CHECKPOINT, state)
+            with open(out / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            log(f"[evolve] gen {row['generation']:3d}/{cfg.generations}: mean {mean_fitness:.4f}  best {row['best']:.4f}  "
+                f"median {row['median']:.4f}  sigma {row['sigma']:.4f}  ({row['seconds']:.0f} s)")
+    return state

@@ -1,0 +1,176 @@
+"""NAMM against the hand-made policies on task types and haystacks it was not evolved on.
+
+    python -m evolve.heldout --model PACKAGE --out docs/namm/smollm2-135m
+
+Probe groups (seeded; instances never seen in training, whose seed is 0):
+    heldout_tasks     niah_multivalue (repeated, shakespeare), common_words (word list)
+    heldout_haystack  the training task types on the repeated-sentence haystack
+    train_tasks       the training task types and haystack, new instances
+For every (policy, budget) and probe: the retention of the gold answer's likelihood (as in
+training) and the RULER task score of a greedy answer, both from one budgeted prefill (the cache is
+snapshotted between the two). Full cache first. Results: results.json, table.md, plot.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+GROUPS = {"heldout_tasks": (("niah_multivalue", "common_words"), ("repeated", "shakespeare")),
+          "heldout_haystack": (("niah_single", "niah_multikey", "variable_tracking"), ("repeated",)),
+          "train_tasks": (("niah_single", "niah_multikey", "variable_tracking"), ("shakespeare",))}
+POLICIES = ("streaming", "h2o", "tova", "snapkv", "namm")
+_STATS = ("positions", "cumulative", "recent", "last", "spectrum")
+
+
+def _snapshot(cache) -> dict:
+    snap = {name: getattr(cache, name).copy() for name in _STATS}
+    snap.update(keys=[k.copy() for k in cache.keys], values=[v.copy() for v in cache.values], length=cache.length,
+                next_position=cache.next_position, history=list(cache.history), evicted=cache.evicted)
+    return snap
+
+
+def _restore(cache, snap: dict) -> None:
+    """Back to the snapshot, in place: the graph's bindings view these same buffers."""
+    for name in _STATS:
+        getattr(cache, name)[...] = snap[name]
+    for buf, saved in zip(cache.keys + cache.values, snap["keys"] + snap["values"]):
+        buf[...] = saved
+    cache.length, cache.next_position, cache.evicted = snap["length"], snap["next_position"], snap["evicted"]
+    cache.history = list(snap["history"])
+
+
+def _greedy(engine, cache, eviction, logits, max_tokens: int) -> str:
+    ids = []
+    for _ in range(max_tokens):
+        token = int(np.argmax(logits))
+        if token in engine.eos_ids:
+            break
+        ids.append(token)
+        logits = engine.decode_step(cache, token, eviction)
+    return engine.tokenizer.decode(ids)
+
+
+def run_cell(package: str, policy: str, budget: float, probes) -> dict:
+    from evolve.probes import answer_logprob, budgeted
+    from runtime import Engine
+    engine = Engine(package, threads=1, kv_policy="none" if budget >= 1 else policy, protect_chat=False)
+    rows, t0, evict_s = [], time.time(), 0.0
+    for p in probes:
+        cache, eviction = budgeted(engine, p, engine.policy, budget)
+        logits = engine.prefill(cache, list(p.prompt_ids), eviction)
+        snap = _snapshot(cache)
+        logp = answer_logprob(engine, cache, eviction, logits, p)
+        _restore(cache, snap)
+        text = _greedy(engine, cache, eviction, logits, p.max_tokens)
+        score = sum(a.lower() in text.lower() for a in p.answers) / len(p.answers)
+        rows.append({"task": p.task, "haystack": p.haystack, "prompt_tokens": len(p.prompt_ids),
+                     "capacity": cache.capacity, "logp": logp, "score": score, "output": text[:160]})
+    return {"policy": "full" if budget >= 1 else policy, "budget": budget, "rows": rows, "seconds": time.time() - t0}
+
+
+def _cell(args):
+    return run_cell(*args)
+
+
+def summarise(cells: list[dict], groups: list[str]) -> str:
+    full = next(c for c in cells if c["policy"] == "full")
+    for c in cells:
+        for r, ref in zip(c["rows"], full["rows"]):
+            r["retention"] = float(np.exp(r["logp"] - ref["logp"]))
+    budgets = sorted({c["budget"] for c in cells if c["budget"] < 1}, reverse=True)
+    head = "| policy | " + " | ".join(f"{g} @{b:.1%}" for b in budgets for g in groups) + " |"
+    lines = ["Retention of the gold answer's likelihood, exp(logp - logp_full) (1 = full cache), mean over probes:", "",
+             head, "|---|" + "---:|" * (len(budgets) * len(groups))]
+    mean = lambda rows, key: statistics.mean(r[key] for r in rows) if rows else float("nan")
+    order = ["full"] + [p for p in POLICIES if any(c["policy"] == p for c in cells)]
+    for key, title in (("retention", None), ("score", "Task score (RULER recall of a greedy answer), mean over probes:")):
+        if title:
+            lines += ["", title, "", head, "|---|" + "---:|" * (len(budgets) * len(groups))]
+        for pol in order:
+            vals = []
+            for b in budgets:
+                c = full if pol == "full" else next((c for c in cells if c["policy"] == pol and c["budget"] == b), None)
+                for g in groups:
+                    vals.append(mean([r for r in c["rows"] if r["group"] == g], key) if c else float("nan"))
+            lines.append(f"| {pol} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def plot(cells: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for pol in POLICIES:
+        pts = sorted((c["budget"], statistics.mean(r["retention"] for r in c["rows"] if r["group"] != "train_tasks"
+                                                   or all(q["group"] == "train_tasks" for q in c["rows"])))
+                     for c in cells if c["policy"] == pol)
+        if pts:
+            ax.plot([b for b, _ in pts], [s for _, s in pts], marker="o", label=pol, lw=2.5 if pol == "namm" else 1.2)
+    ax.axhline(1.0, color="grey", ls="--", lw=0.8, label="full cache")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("KV budget (fraction of the prompt)")
+    ax.set_ylabel("answer-likelihood retention (held-out)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evolve.heldout", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, metavar="PACKAGE")
+    p.add_argument("--policies", nargs="*", default=list(POLICIES), choices=POLICIES)
+    p.add_argument("--budgets", nargs="*", type=float, default=[0.25, 0.125])
+    p.add_argument("--groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
+    p.add_argument("--length", type=int, default=1024)
+    p.add_argument("--samples", type=int, default=2)
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    from evolve.probes import make_probes
+    from runtime import Engine
+    engine = Engine(args.model, threads=1)
+    probes, group_of = [], []
+    for g in args.groups:
+        tasks, haystacks = GROUPS[g]
+        new = make_probes(engine, list(tasks), list(haystacks), args.length, args.samples, args.seed)
+        fits = [q for q in new if len(q.prompt_ids) + len(q.prefix_ids) + len(q.answer_ids) + q.max_tokens
+                < engine.manifest.dims.max_positions]
+        if len(fits) < len(new):
+            print(f"[heldout] {g}: {len(new) - len(fits)} probes skipped (longer than the model's context)", file=sys.stderr)
+        new = fits
+        probes += new
+        group_of += [g] * len(new)
+    jobs = [(args.model, "none", 1.0, probes)] + [(args.model, pol, b, probes) for b in args.budgets for pol in args.policies]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    cells = []
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        for cell in pool.map(_cell, jobs):
+            for r, g in zip(cell["rows"], group_of):
+                r["group"] = g
+            cells.append(cell)
+            print(f"[heldout] {cell['policy']:9s} @ {cell['budget']:6.1%}: score "
+                  f"{statistics.mean(r['score'] for r in cell['rows']):.3f} ({cell['seconds']:.0f} s)", file=sys.stderr)
+    table = summarise(cells, args.groups)
+    (out / "results.json").write_text(json.dumps({"package": args.model, "args": vars(args), "probes": len(probes),
+                                                  "wall_seconds": time.time() - t0, "cells": cells}, indent=1))
+    (out / "table.md").write_text(table + "\n")
+    plot(cells, out / "plot.png", Path(args.model).name)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""What one NAMM eviction decision costs: `score` on a full cache of n slots (features + scorer),
+against SnapKV's and a decode step of the model, single thread.
+
+    python -m evolve.overhead --model PACKAGE
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+
+def _best_of(fn, repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evolve.overhead", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, metavar="PACKAGE")
+    p.add_argument("--slots", nargs="*", type=int, default=[128, 256, 512, 1024])
+    args = p.parse_args(argv)
+    from runtime import Engine
+    from runtime.eviction import NAMM, SnapKV
+    from runtime.eviction.namm import BackwardAttentionMemory, initial_vector
+    engine = Engine(args.model, threads=1, kv_policy="tova")
+    d = engine.manifest.dims
+    namm, snapkv = NAMM(BackwardAttentionMemory.from_vector(initial_vector(0))), SnapKV()
+    rng = np.random.default_rng(0)
+    print("| cache slots | NAMM score ms | SnapKV score ms | decode step ms | evictions per 1000 tokens (chunk = 1/8) | NAMM ms per decoded token |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n in args.slots:
+        cache = engine.new_cache(n + 16)
+        ids = rng.integers(100, 1000, n).tolist()
+        engine.prefill(cache, ids, engine.eviction_for(cache))
+        view = cache.view()
+        t_namm = _best_of(lambda: namm.score(view))
+        t_snap = _best_of(lambda: snapkv.score(view))
+        t_step = _best_of(lambda: engine.decode_step(cache, 42, engine.eviction_for(cache)), 8)   # no eviction: room for 16
+        per_1000 = 1000 / max(1, n // 8)
+        print(f"| {n} | {t_namm * 1e3:.1f} | {t_snap * 1e3:.2f} | {t_step * 1e3:.1f} | {per_1000:.1f} | "
+              f"{t_namm * 1e3 * per_1000 / 1000:.2f} |")
+    print(f"\n{d.num_layers} layers x {d.num_kv_heads} KV heads; {BackwardAttentionMemory.size()} scorer parameters",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""NAMM: a learned eviction policy (Cetin et al. 2024, "An Evolved Universal Transformer Memory").
+
+Each cached token gets a feature vector built from how it has been attended to; a tiny network
+shared by every layer and KV head turns the features into a keep-score; CMA-ES evolves its
+parameters (`evolve/`), and the result ships inside the package (`namm.npz`, manifest `namm_file`).
+
+What we keep from the paper, and what we give up:
+- NAMM's features are an STFT spectrogram of each token's attention over the last queries, reduced
+  by an EMA over time. The exported graph gives per-step attention mass per KV head only (never a
+  per-query history), so the spectrum is approximated by a bank of EMAs of that mass at several
+  half-lives (`last`, 4, 16 = `recent`, 64, 256 queries): low-pass filters at different cut-offs
+  instead of band-passes, and no phase. Plus the mean mass per query since the token arrived
+  (cumulative / age), and a recency embedding (log age, sinusoids of age, log position).
+- NAMM's backward-attention memory (BAM): each token attends only to tokens newer than itself in
+  the same (layer, head), so it can tell "still attended by what came after me" from "superseded".
+  Single head, then a small MLP, plus a linear skip from the features (a prior the evolution starts
+  from). About a thousand parameters.
+- NAMM evicts every token with a negative score (a variable count per head); here the cache evicts
+  a fixed count per (layer, head), so only the ranking matters.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.eviction.base import SPECTRUM_HALF_LIVES, CacheView, Policy
+from slm.errors import PackageError
+
+AGE_PERIODS = (8.0, 64.0, 512.0)                # tokens: the recency embedding's sinusoid periods
+FEATURES = ("log_mass_last", "log_mass_ema4", "log_mass_ema16", "log_mass_ema64", "log_mass_ema256",
+            "log_mass_per_query", "log_age") + tuple(f"{f}_age_{int(p)}" for p in AGE_PERIODS for f in ("sin", "cos")) \
+           + ("log_position",)
+D_MODEL, D_ATTN, D_HIDDEN = 16, 8, 16
+FORMAT = "namm-bam/1"
+
+
+def namm_features(view: CacheView) -> np.ndarray:
+    """(L, H, n, F) features of every cached token, in the order of FEATURES."""
+    n = view.positions.shape[-1]
+    age = np.maximum(view.next_position - view.positions, 1).astype(np.float32)          # (L, H, n)
+    spectrum = view.spectrum if view.spectrum is not None else np.zeros((len(SPECTRUM_HALF_LIVES),) + age.shape, np.float32)
+    masses = [view.last, spectrum[0], view.recent, spectrum[1], spectrum[2], view.cumulative / age]
+    # n * mass: 1 is "as much as a uniform query gives" whatever the cache length
+    feats = [np.log(1e-4 + n * m) / 4 for m in masses] + [np.log1p(age) / 8]
+    for period in AGE_PERIODS:
+        feats += [np.sin(2 * np.pi * age / period), np.cos(2 * np.pi * age / period)]
+    feats.append(np.log1p(view.positions.astype(np.float32)) / 8)
+    return np.stack(feats, axis=-1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BackwardAttentionMemory:
+    """The scorer: embed the features, one backward-masked attention head, an MLP, a linear skip.
+
+        x = tanh(f We + be)                          (B, n, D)   B = layers * KV heads
+        x = x + softmax_{j >= i}(q_i . k_j / sqrt(A)) v_j Wo      each token looks only at newer ones
+        s = relu(x W1 + b1) . w2 + f . w_skip        (B, n)      higher = keep
+    """
+    We: np.ndarray          # (F, D)
+    be: np.ndarray          # (D,)
+    Wq: np.ndarray          # (D, A)
+    Wk: np.ndarray          # (D, A)
+    Wv: np.ndarray          # (D, A)
+    Wo: np.ndarray          # (A, D)
+    W1: np.ndarray          # (D, Hd)
+    b1: np.ndarray          # (Hd,)
+    w2: np.ndarray          # (Hd,)
+    w_skip: np.ndarray      # (F,)
+
+    SHAPES = {"We": (len(FEATURES), D_MODEL), "be": (D_MODEL,), "Wq": (D_MODEL, D_ATTN), "Wk": (D_MODEL, D_ATTN),
+              "Wv": (D_MODEL, D_ATTN), "Wo": (D_ATTN, D_MODEL), "W1": (D_MODEL, D_HIDDEN), "b1": (D_HIDDEN,),
+              "w2": (D_HIDDEN,), "w_skip": (len(FEATURES),)}
+
+    @classmethod
+    def size(cls) -> int:
+        return sum(int(np.prod(s)) for s in cls.SHAPES.values())
+
+    @classmethod
+    def from_vector(cls, theta: np.ndarray) -> "BackwardAttentionMemory":
+        """The flat parameter vector CMA-ES searches over, cut into the named arrays."""
+        theta = np.asarray(theta, np.float32)
+        if theta.shape != (cls.size(),):
+            raise ValueError(f"expected {cls.size()} parameters, got shape {theta.shape}")
+        parts, i = {}, 0
+        for name, shape in cls.SHAPES.items():
+            k = int(np.prod(shape))
+            parts[name] = theta[i:i + k].reshape(shape)
+            i += k
+        return cls(**parts)
+
+    def to_vector(self) -> np.ndarray:
+        return np.concatenate([getattr(self, name).ravel() for name in self.SHAPES]).astype(np.float32)
+
+    def forward(self, f: np.ndarray, max_block: int = 1 << 22) -> np.ndarray:
+        """f: (B, n, F) features, slots in position order -> (B, n) scores."""
+        B, n, _ = f.shape
+        x = np.tanh(f @ self.We + self.be)                                   # (B, n, D)
+        q, k, v = x @ self.Wq, x @ self.Wk, x @ self.Wv                      # (B, n, A)
+        newer = np.triu(np.ones((n, n), bool))                               # [i, j]: j >= i
+        out = np.empty_like(q)
+        step = max(1, max_block // (n * n))                                  # bound the (b, n, n) block
+        for s in range(0, B, step):
+            logits = q[s:s + step] @ k[s:s + step].transpose(0, 2, 1) / np.sqrt(D_ATTN)   # (b, n, n)
+            logits = np.where(newer, logits, -np.inf)
+            logits -= logits.max(-1, keepdims=True)
+            w = np.exp(logits)
+            out[s:s + step] = (w / w.sum(-1, keepdims=True)) @ v[s:s + step]
+        x = x + out @ self.Wo                                                # (B, n, D)
+        h = np.maximum(x @ self.W1 + self.b1, 0)                             # (B, n, Hd)
+        return h @ self.w2 + f @ self.w_skip                                 # (B, n)
+
+
+def initial_vector(seed: int, prior: str | None = "log_mass_ema16") -> np.ndarray:
+    """Where evolution starts: small random weights (seeded) and, with `prior`, a skip weight of 1 on
+    one feature, so the initial policy ranks by that statistic (ema16 = `recent`, SnapKV's signal)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for name, shape in BackwardAttentionMemory.SHAPES.items():
+        fan_in = shape[0] if len(shape) == 2 else D_HIDDEN
+        scale = 0.0 if name in ("be", "b1", "w_skip") else 1 / np.sqrt(fan_in)
+        parts.append(rng.normal(0, scale, shape).ravel() * (0.1 if name == "w2" else 1.0))
+    theta = np.concatenate(parts).astype(np.float32)
+    if prior:
+        offset = BackwardAttentionMemory.size() - len(FEATURES)
+        theta[offset + FEATURES.index(prior)] = 1.0
+    return theta
+
+
+def save_scorer(path: str | Path, scorer: BackwardAttentionMemory, record: dict | None = None) -> Path:
+    """Write the scorer as .npz: its arrays, plus a JSON header naming the format and features."""
+    header = {"format": FORMAT, "features": list(FEATURES), "spectrum_half_lives": list(SPECTRUM_HALF_LIVES),
+              "record": record or {}}
+    path = Path(path)
+    with open(path, "wb") as fh:
+        np.savez(fh, header=np.array(json.dumps(header)), **{k: getattr(scorer, k) for k in scorer.SHAPES})
+    return path
+
+
+def load_scorer(path: str | Path) -> tuple[BackwardAttentionMemory, dict]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            arrays = {k: z[k].astype(np.float32) for k in BackwardAttentionMemory.SHAPES}
+    except (OSError, KeyError, ValueError) as e:
+        raise PackageError(f"NAMM scorer {str(path)!r} is unreadable ({e}); re-run `slm evolve --model PACKAGE`") from None
+    if header.get("format") != FORMAT or tuple(header.get("features", ())) != FEATURES \
+            or tuple(header.get("spectrum_half_lives", ())) != SPECTRUM_HALF_LIVES:
+        raise PackageError(f"NAMM scorer {str(path)!r} was made for other features ({header.get('format')}); "
+                           f"re-run `slm evolve --model PACKAGE`")
+    for k, shape in BackwardAttentionMemory.SHAPES.items():
+        if arrays[k].shape != shape:
+            raise PackageError(f"NAMM scorer {str(path)!r}: {k} has shape {arrays[k].shape}, expected {shape}")
+    return BackwardAttentionMemory(**arrays), header
+
+
+@dataclass(frozen=True)
+class NAMM(Policy):
+    """Neural Attention Memory Model (Cetin et al. 2024): an evolved backward-attention scorer over
+    per-token attention statistics; higher = keep."""
+    name = "namm"
+    needs_attention = True
+    scorer: BackwardAttentionMemory = field(repr=False)
+
+    @classmethod
+    def from_package(cls, package: str | Path) -> "NAMM":
+        from slm.package import read_manifest
+        m = read_manifest(package)
+        if not m.namm_file:
+            raise PackageError(f"--kv-policy namm needs an evolved scorer, but package {str(package)!r} has none; "
+                               f"make one with `slm evolve --model {package}` (or choose h2o, tova, snapkv)")
+        return cls(load_scorer(Path(package) / m.namm_file)[0])
+
+    def score(self, view: CacheView) -> np.ndarray:
+        f = namm_features(view)                                             # (L, H, n, F)
+        L, H, n, F = f.shape
+        return self.scorer.forward(f.reshape(L * H, n, F)).reshape(L, H, n)

@@ -1,0 +1,125 @@
+"""NAMM: the scorer's numpy forward against a plain-loop reference, the cache's EMA bank, packaging,
+the error without a scorer, and the budget under NAMM eviction."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from evolve.cli import install
+from runtime import Engine
+from runtime.eviction import make_policy
+from runtime.eviction.namm import (FEATURES, NAMM, BackwardAttentionMemory, initial_vector, load_scorer,
+                                   namm_features)
+from runtime.kv_cache import KVCache
+from slm.errors import PackageError
+from slm.package import read_manifest
+
+
+def reference_scores(net: BackwardAttentionMemory, f: np.ndarray) -> np.ndarray:
+    """The scorer written as loops over (head, token, newer token), in float64."""
+    p = {k: getattr(net, k).astype(np.float64) for k in net.SHAPES}
+    B, n, _ = f.shape
+    out = np.zeros((B, n))
+    for b in range(B):
+        x = [np.tanh(f[b, i] @ p["We"] + p["be"]) for i in range(n)]
+        for i in range(n):
+            q = x[i] @ p["Wq"]
+            logits = [q @ (x[j] @ p["Wk"]) / np.sqrt(p["Wq"].shape[1]) for j in range(i, n)]   # newer only
+            w = np.exp(np.array(logits) - max(logits))
+            w /= w.sum()
+            att = sum(w[j - i] * (x[j] @ p["Wv"]) for j in range(i, n))
+            y = x[i] + att @ p["Wo"]
+            h = np.maximum(y @ p["W1"] + p["b1"], 0)
+            out[b, i] = h @ p["w2"] + f[b, i] @ p["w_skip"]
+    return out
+
+
+def test_scorer_forward_matches_loop_reference():
+    rng = np.random.default_rng(0)
+    net = BackwardAttentionMemory.from_vector(rng.normal(0, 0.5, BackwardAttentionMemory.size()))
+    f = rng.normal(0, 1, (3, 9, len(FEATURES))).astype(np.float32)
+    np.testing.assert_allclose(net.forward(f), reference_scores(net, f), rtol=1e-4, atol=1e-4)
+    # the block size that bounds memory does not change the result
+    np.testing.assert_allclose(net.forward(f, max_block=81), net.forward(f), rtol=1e-6, atol=1e-6)
+
+
+def test_oldest_token_sees_everything_newest_only_itself():
+    rng = np.random.default_rng(1)
+    net = BackwardAttentionMemory.from_vector(rng.normal(0, 0.5, BackwardAttentionMemory.size()))
+    f = rng.normal(0, 1, (1, 6, len(FEATURES))).astype(np.float32)
+    g = f.copy()
+    g[0, 0] += 1.0                          # change the oldest token: no newer token's score moves
+    assert np.allclose(net.forward(f)[0, 1:], net.forward(g)[0, 1:])
+    g = f.copy()
+    g[0, -1] += 1.0                         # change the newest: every token looks at it
+    assert not np.allclose(net.forward(f)[0, :-1], net.forward(g)[0, :-1])
+
+
+def test_vector_round_trip_and_size():
+    theta = initial_vector(0)
+    assert BackwardAttentionMemory.size() == theta.size and 500 < theta.size < 5000
+    assert np.array_equal(BackwardAttentionMemory.from_vector(theta).to_vector(), theta)
+
+
+def test_spectrum_is_an_ema_bank_of_the_attention_mass(tiny_package):
+    from runtime.eviction.base import SPECTRUM_HALF_LIVES
+    c = KVCache(read_manifest(tiny_package), capacity=8, attention_stats=True)
+    c.append(4)
+    c.mass[:, 0, :, :4] = 1.0
+    c.observe(1)
+    c.mass[:, 0, :, :4] = 0.0
+    c.observe(2)                            # two queries' worth of decay, no new mass
+    for s, hl in enumerate(SPECTRUM_HALF_LIVES):
+        assert np.allclose(c.spectrum[s, :, :, :4], 0.5 ** (2 / hl))
+    view = c.view()
+    f = namm_features(view)
+    assert f.shape == (c.positions.shape[0], c.positions.shape[1], 4, len(FEATURES)) and np.isfinite(f).all()
+
+
+def test_namm_without_a_scorer_is_a_clear_error(tiny_package):
+    with pytest.raises(PackageError, match="slm evolve --model"):
+        Engine(tiny_package, threads=1, kv_budget=32, kv_policy="namm")
+
+
+@pytest.fixture()
+def namm_package(tiny_package, tmp_path):
+    pkg = tmp_path / "tiny-namm"
+    shutil.copytree(tiny_package, pkg)
+    theta = np.random.default_rng(3).normal(0, 0.5, BackwardAttentionMemory.size())
+    install(pkg, theta, {"note": "random test scorer"})
+    return pkg, theta
+
+
+def test_installed_scorer_is_read_back(namm_package, tiny_package):
+    pkg, theta = namm_package
+    m = read_manifest(pkg)
+    assert m.namm_file == "namm.npz" and read_manifest(tiny_package).namm_file == ""
+    net, header = load_scorer(pkg / m.namm_file)
+    assert np.allclose(net.to_vector(), theta.astype(np.float32)) and header["record"]["note"] == "random test scorer"
+    assert isinstance(make_policy("namm", pkg), NAMM)
+    # a manifest written before namm_file existed still reads
+    d = json.loads((pkg / "manifest.json").read_text())
+    del d["namm_file"]
+    (pkg / "manifest.json").write_text(json.dumps(d))
+    assert read_manifest(pkg).namm_file == ""
+
+
+def test_namm_never_exceeds_the_budget(namm_package):
+    pkg, _ = namm_package
+    engine = Engine(pkg, threads=1, kv_budget=48, kv_policy="namm", evict_chunk=6, keep_recent=4)
+    messages = [{"role": "system", "content": "Be brief."}]
+    for turn in range(6):
+        messages.append({"role": "user", "content": f"turn {turn}: " + "tell me more about rivers " * 3})
+        reply = ""
+        for event in engine.generate(messages, max_tokens=12, ignore_eos=True):
+            c = engine.cache
+            assert c.length <= c.capacity == 48 and event.kv.cached_tokens <= 48
+            assert all(k.shape[2] == 48 for k in c.keys) and c.spectrum.shape[-1] == 48
+            reply += event.text
+        messages.append({"role": "assistant", "content": reply})
+    assert engine.cache.evicted > 0
+    pos = engine.cache.positions[:, :, :engine.cache.length]
+    assert (np.diff(pos, axis=-1) > 0).all()             # slots stay in position order after compaction
