@@ -31,12 +31,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one_run(package: str, prompt_len: int, new_tokens: int, threads: int) -> dict:
-    """Child process: load, one warm-up, one measured generation; print JSON."""
+def one_run(package: str, prompt_len: int, new_tokens: int, threads: int, kv_policy: str = "none") -> dict:
+    """Child process: load, one warm-up, one measured generation; print JSON. The KV budget is the
+    run's own size (prompt + new tokens), so no eviction happens and a policy that needs attention
+    statistics measures just the cost of computing them."""
     from runtime import Engine
 
     t0 = time.perf_counter()
-    engine = Engine(package, threads=threads)
+    engine = Engine(package, threads=threads, kv_budget=prompt_len + new_tokens + 8, kv_policy=kv_policy)
     load_s = time.perf_counter() - t0
     text = HAYSTACK.read_text()[50_000:50_000 + prompt_len * 8]
     ids = engine.tokenizer.encode(text, add_special_tokens=False).ids[:prompt_len]
@@ -44,7 +46,8 @@ def one_run(package: str, prompt_len: int, new_tokens: int, threads: int) -> dic
     list(engine.generate("warm up", raw=True, max_tokens=4, cache=engine.new_cache()))
     events = list(engine.generate(prompt, raw=True, max_tokens=new_tokens, ignore_eos=True, cache=engine.new_cache()))
     last = events[-1]
-    return {"package": Path(package).name, "quant": engine.manifest.quant.mode, "prompt_tokens": last.prompt_tokens,
+    return {"package": Path(package).name + ("" if kv_policy == "none" else f" +{kv_policy}"),
+            "quant": engine.manifest.quant.mode, "prompt_tokens": last.prompt_tokens,
             "new_tokens": last.generated_tokens, "ttft_s": last.ttft_s, "decode_tps": last.tokens_per_s,
             "prefill_tps": last.prompt_tokens / last.ttft_s, "load_s": load_s,
             "peak_rss_mib": peak_rss_mib(),
@@ -76,18 +79,22 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--kv-policies", nargs="*", default=["none"],
+                    help="also run with these policies (h2o: the attention-statistics graph)")
     ap.add_argument("--one", nargs=2, metavar=("PACKAGE", "PROMPT_LEN"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one_run(args.one[0], int(args.one[1]), args.new_tokens, args.threads)))
+        print(json.dumps(one_run(args.one[0], int(args.one[1]), args.new_tokens, args.threads, args.kv_policies[0])))
         return
     packages = args.packages or default_packages()
+    configs = [(pkg, policy) for pkg in packages for policy in args.kv_policies]
     runs: dict[tuple, list[dict]] = {}
-    for r in range(args.repeats):                       # interleaved: package order alternates per repeat
+    for r in range(args.repeats):                       # interleaved: config order alternates per repeat
         for n in args.prompt_lens:
-            for pkg in (packages if r % 2 == 0 else packages[::-1]):
+            for pkg, policy in (configs if r % 2 == 0 else configs[::-1]):
                 out = subprocess.run([sys.executable, __file__, "--one", pkg, str(n), "--new-tokens", str(args.new_tokens),
-                                      "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+                                      "--threads", str(args.threads), "--kv-policies", policy],
+                                     capture_output=True, text=True, check=True)
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 runs.setdefault((res["package"], n), []).append(res)
                 print(f"  run {r + 1}/{args.repeats} {res['package']} prompt {n}: {res['decode_tps']:.1f} tok/s, "
