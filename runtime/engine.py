@@ -57,10 +57,10 @@ class Engine:
         try:
             self.session, self.provider, self.provider_note = open_session(self.path / graph, provider, threads)
         except ort.capi.onnxruntime_pybind11_state.Fail as e:
-            raise PackageError(f"{str(self.path / m.model_file)!r} does not load in ONNX Runtime "
+            raise PackageError(f"{str(self.path / graph)!r} does not load in ONNX Runtime "
                                f"({str(e).splitlines()[0][:200]}); the package is corrupt, re-export it") from None
         except ort.capi.onnxruntime_pybind11_state.InvalidProtobuf:
-            raise PackageError(f"{str(self.path / m.model_file)!r} is not a valid ONNX model; the package "
+            raise PackageError(f"{str(self.path / graph)!r} is not a valid ONNX model; the package "
                                f"is corrupt, re-export it") from None
         try:
             self.tokenizer = Tokenizer.from_file(str(self.path / m.tokenizer_file))
