@@ -78,8 +78,8 @@ def systems() -> list[System]:
     b, pk, gguf = bench_dir(), cache_dir(), str(default_gguf())
     hf = str(b / "smollm2-135m-instruct-hf")
 
-    def slm(name, folder, weights, variant):
-        return System(name, "slm_engine", "main", str(folder), weights, {"model": gguf, "variant": variant})
+    def slm(name, folder, weights, variant, source=gguf):
+        return System(name, "slm_engine", "main", str(folder), weights, {"model": source, "variant": variant})
 
     return [
         slm("slm int4", default_package(), "GGUF Q4_1 blocks carried (embedding Q8_0), accuracy_level 4", "gguf:4"),
@@ -93,6 +93,8 @@ def systems() -> list[System]:
                "Q4_0 requantised from the Q4_1 GGUF by llama.cpp", {"model": gguf, "variant": "Q4_0"}),
         System("llama.cpp Q8_0", "llamacpp", "llamacpp", str(b / "smollm2-135m-instruct-Q8_0.gguf"),
                "Q8_0 requantised from the Q4_1 GGUF by llama.cpp", {"model": gguf, "variant": "Q8_0"}),
+        slm("slm Q4_0", pk / "bench-gguf-q4_0", "the llama.cpp Q4_0 GGUF's blocks carried, accuracy_level 4", "gguf:4",
+            source=str(b / "smollm2-135m-instruct-Q4_0.gguf")),
         System("optimum fp32", "optimum_ort", "optimum", str(b / "optimum-fp32"), "its ONNX export, fp32", {"model": hf, "variant": "fp32"}),
         System("transformers fp32", "hf_eager", "main", hf, "fp32, eager attention"),
     ]

@@ -30,6 +30,7 @@ from slm.errors import PackageError, PromptTooLongError, SlmError
 from slm.package import read_manifest
 
 PREFILL_CHUNK = 512     # tokens per prefill call: bounds activation memory for long prompts
+STATS_PREFILL_CHUNK = 128  # with the attention-statistics graph (see prefill)
 DEFAULT_CAPACITY = 4096  # KV slots when no budget is given (the model's context if smaller)
 
 
@@ -122,7 +123,10 @@ class Engine:
         io = self.manifest.io
         out = np.zeros((1, 1, self.manifest.dims.vocab_size), np.float32)
         eviction = eviction or self.eviction_for(cache)
-        step = max(1, min(self.prefill_chunk, cache.capacity // 4))    # a chunk leaves room to evict around it
+        # a chunk leaves room to evict around it; with attention statistics the graph materialises
+        # (heads, chunk, cache) probabilities per layer, so chunks are kept small there
+        limit = min(self.prefill_chunk, STATS_PREFILL_CHUNK) if self.stats_outputs else self.prefill_chunk
+        step = max(1, min(limit, cache.capacity // 4))
         for start in range(0, len(ids), step):
             chunk = ids[start:start + step]
             n = len(chunk)

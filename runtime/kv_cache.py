@@ -51,6 +51,7 @@ class EvictionConfig:
     policy: Policy | None           # None: never evict
     evict_chunk: int                # slots freed per eviction (at least what is needed)
     keep_recent: int                # the most recent tokens are never evicted
+    n_sink: int = 4                 # nor the first tokens: attention sinks (Xiao et al. 2023), whatever the policy
     protected: tuple[tuple[int, int], ...] = ()   # true-position ranges never evicted (system prompt, current turn)
 
 
@@ -151,7 +152,7 @@ class KVCache:
             raise SlmError("KV eviction runs on CPU caches only in this version; use --provider cpu with a budget")
         scores = np.array(config.policy.score(self.view()), np.float32, copy=True)   # (L, H, length)
         pos = self.positions[:, :, :self.length]
-        locked = pos >= self.next_position - config.keep_recent
+        locked = (pos >= self.next_position - config.keep_recent) | (pos < config.n_sink)
         for start, end in config.protected:
             locked |= (pos >= start) & (pos < end)
         scores[locked] = np.inf

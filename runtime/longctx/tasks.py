@@ -82,7 +82,7 @@ def niah_single(length, haystack, count, rng) -> Case:
     ctx = _insert(_fill(haystack, length, count, rng, 80), [f"One of the special magic numbers for {key} is: {value}."], rng)
     return Case("niah_single", haystack, length, ctx,
                 f"What is the special magic number for {key} mentioned in the provided text? The special magic number for {key} is:",
-                (value,), 16)
+                (value,), 40)
 
 
 def niah_multikey(length, haystack, count, rng) -> Case:
@@ -93,7 +93,7 @@ def niah_multikey(length, haystack, count, rng) -> Case:
     i = rng.randrange(len(keys))
     return Case("niah_multikey", haystack, length, ctx,
                 f"What is the special magic number for {keys[i]} mentioned in the provided text? The special magic number for {keys[i]} is:",
-                (values[i],), 16)
+                (values[i],), 40)
 
 
 def niah_multivalue(length, haystack, count, rng) -> Case:
@@ -103,7 +103,7 @@ def niah_multivalue(length, haystack, count, rng) -> Case:
     ctx = _insert(_fill(haystack, length, count, rng, 140), needles, rng)
     return Case("niah_multivalue", haystack, length, ctx,
                 f"What are all the special magic numbers for {key} mentioned in the provided text? The special magic numbers for {key} are:",
-                tuple(values), 48)
+                tuple(values), 64)
 
 
 def variable_tracking(length, haystack, count, rng) -> Case:
@@ -120,12 +120,13 @@ def variable_tracking(length, haystack, count, rng) -> Case:
 def common_words(length, haystack, count, rng) -> Case:
     common = rng.sample(WORDS, 10)
     rare = [w for w in WORDS if w not in common]
-    words = common * 30
-    per_word = max(1, count(" ".join(rng.sample(WORDS, 20))) // 20)
-    words += [rng.choice(rare) for _ in range(max(0, (length - 100) // per_word - len(words)))]
+    words = common * max(3, length // 100)
+    sample = "\n".join(f"{100 + i}. {w}" for i, w in enumerate(rng.sample(WORDS, 20)))
+    per_line = max(1.0, count(sample) / 20)                  # a numbered line costs several tokens
+    words += [rng.choice(rare) for _ in range(max(0, int((length - 100) / per_line) - len(words)))]
     rng.shuffle(words)
     ctx = "Below is a numbered list of words.\n" + "\n".join(f"{i + 1}. {w}" for i, w in enumerate(words))
-    assert Counter(words).most_common(10)[-1][1] >= 30
+    assert Counter(words).most_common(10)[-1][1] >= max(3, length // 100)
     return Case("common_words", "wordlist", length, ctx,
                 "What are the 10 most common words in the list above? Answer: The top 10 words are:",
                 tuple(common), 48)
