@@ -21,8 +21,14 @@ def kept(cache):
     return sorted(set(cache.positions[0, 0, :cache.length].tolist()))
 
 
-def evict(cache, policy, n=1, keep_recent=0):
-    cache.make_room(n, EvictionConfig(policy=policy, evict_chunk=n, keep_recent=keep_recent))
+def evict(cache, policy, n=1, keep_recent=0, n_sink=0):
+    cache.make_room(n, EvictionConfig(policy=policy, evict_chunk=n, keep_recent=keep_recent, n_sink=n_sink))
+
+
+def test_the_cache_keeps_attention_sinks_whatever_the_policy(cache):
+    cache.last[:, :, :10] = [0.0, 0.0, 0.0, 0.0, 1, 1, 1, 1, 1, 1]     # TOVA alone would drop 0..3
+    evict(cache, TOVA(), n=2, n_sink=4)
+    assert kept(cache)[:4] == [0, 1, 2, 3]
 
 
 def test_streaming_llm_keeps_sinks_and_evicts_the_oldest_after_them(cache):
