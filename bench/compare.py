@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -287,7 +288,7 @@ def main() -> None:
     rows = measure(chosen, args.prompt_lens, args.new_tokens, args.threads, args.repeats)
     after = machine()
     summary = summarise(rows, chosen)
-    meta = {"command": "python bench/compare.py " + " ".join(sys.argv[1:]), "machine": before,
+    meta = {"command": "python bench/compare.py " + shlex.join(sys.argv[1:]), "machine": before,
             "loadavg_after": after["loadavg"], "threads": args.threads, "new_tokens": args.new_tokens,
             "repeats": args.repeats, "skipped": skipped,
             "versions": {e["system"]: e["version"] for e in summary if e["version"]},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -91,7 +92,7 @@ def main() -> None:
     if "error" in ref:
         raise SystemExit(f"the reference {REFERENCE} failed: {ref['error']}")
     ref_ppl = math.exp(statistics.fmean(x for w in ref["nll"] for x in w))
-    print(f"\npython bench/quality.py {' '.join(sys.argv[1:])}\n{len(prompts)} prompts ({len(prompts) - len(CHAT)} "
+    print(f"\npython bench/quality.py {shlex.join(sys.argv[1:])}\n{len(prompts)} prompts ({len(prompts) - len(CHAT)} "
           f"Tiny Shakespeare slices of 128 tokens, {len(CHAT)} chat prompts) x {args.new_tokens} greedy tokens against "
           f"{REFERENCE}; perplexity over {args.windows} x {args.window} held-out tokens; machine {machine()['cpu']}\n")
     print(f"| system | weights | greedy tokens matching fp32 before the first difference, per prompt | mean | all {args.new_tokens} | perplexity | vs fp32 |")
@@ -108,7 +109,7 @@ def main() -> None:
         print(f"| {s.name} | {s.weights} | {' '.join(map(str, agree))} | {statistics.fmean(agree):.1f} | "
               f"{sum(a == args.new_tokens for a in agree)}/{len(agree)} | {ppl:.3f} | {ppl / ref_ppl - 1:+.1%} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python bench/quality.py " + " ".join(sys.argv[1:]),
+    args.out.write_text(json.dumps({"command": "python bench/quality.py " + shlex.join(sys.argv[1:]),
                                     "machine": machine(), "reference": REFERENCE, "table": table,
                                     "tokens": {k: v.get("tokens") for k, v in results.items()}}, indent=1))
     print(f"\nwrote {args.out}")
