@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--haystacks", nargs="*", default=list(d.haystacks))
     p.add_argument("--length", type=int, default=d.length, help="prompt tokens per probe")
     p.add_argument("--samples", type=int, default=d.samples, help="probes per (task, haystack)")
+    p.add_argument("--per-generation", type=int, default=d.per_generation,
+                   help="score each generation on a fresh seeded subset of this many probes (0 = all; "
+                        "with a larger --samples pool this fights overfitting to fixed instances)")
     p.add_argument("--prior", default=d.prior, help="feature the initial scorer ranks by ('' = random start)")
     p.add_argument("--out", default=None, help="run folder: checkpoint.pkl, log.jsonl (default runs/evolve/<package>)")
     p.add_argument("--no-install", action="store_true", help="do not write the scorer into the package")
@@ -63,7 +66,8 @@ def run(args) -> int:
         raise SlmError(f"--budget {args.budget} must be a fraction of the prompt in (0, 1)")
     cfg = EvolveConfig(package=package, budget=args.budget, generations=args.generations, popsize=args.popsize,
                        sigma0=args.sigma0, seed=args.seed, workers=args.workers, tasks=tuple(args.tasks),
-                       haystacks=tuple(args.haystacks), length=args.length, samples=args.samples, prior=args.prior)
+                       haystacks=tuple(args.haystacks), length=args.length, samples=args.samples, prior=args.prior,
+                       per_generation=args.per_generation)
     out = Path(args.out or Path("runs") / "evolve" / Path(package).name)
     state = evolve(cfg, out)
     fitness, theta = state["best_mean"]

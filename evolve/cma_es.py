@@ -42,6 +42,8 @@ class EvolveConfig:
     length: int = 512                   # prompt tokens
     samples: int = 2                    # probes per (task, haystack)
     prior: str = "log_mass_ema16"       # the feature the initial mean ranks by ("" = none)
+    per_generation: int = 0             # > 0: each generation scores a fresh seeded subset of this many
+                                        # probes (the same for every candidate); 0: all, every generation
 
     def same_run(self, other: "EvolveConfig") -> bool:
         """Everything but the number of generations (and workers) must match to resume."""
@@ -66,11 +68,22 @@ def _init_worker(package: str, probes, reference, budget: float) -> None:
     _worker.update(engine=_open_engine(package), probes=probes, reference=reference, budget=budget)
 
 
-def _fitness(theta: np.ndarray) -> tuple[float, list[float]]:
+def _fitness(job: tuple[np.ndarray, list[int]]) -> tuple[float, list[float]]:
     from evolve.probes import retention
+    theta, subset = job
     w = _worker
-    r = retention(w["engine"], w["probes"], w["reference"], NAMM(BackwardAttentionMemory.from_vector(theta)), w["budget"])
+    r = retention(w["engine"], [w["probes"][i] for i in subset], [w["reference"][i] for i in subset],
+                  NAMM(BackwardAttentionMemory.from_vector(theta)), w["budget"])
     return float(np.mean(r)), r
+
+
+def probes_of_generation(cfg: EvolveConfig, n_probes: int, generation: int) -> list[int]:
+    """Which probes generation `generation` (0-based) is scored on: all, or a subset drawn from
+    (seed, generation) alone, so a resumed run draws the same ones."""
+    if not 0 < cfg.per_generation < n_probes:
+        return list(range(n_probes))
+    rng = np.random.default_rng([cfg.seed, generation])
+    return sorted(int(i) for i in rng.choice(n_probes, cfg.per_generation, replace=False))
 
 
 def _reference(package: str, probes) -> list[float]:
@@ -110,8 +123,8 @@ def _start(cfg: EvolveConfig, log) -> dict:
     probes = make_probes(engine, list(cfg.tasks), list(cfg.haystacks), cfg.length, cfg.samples, cfg.seed)
     t0 = time.time()
     with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
-        halves = [probes[i::cfg.workers] for i in range(cfg.workers)]
-        refs = list(pool.map(_reference, [cfg.package] * cfg.workers, halves))
+        shares = [probes[i::cfg.workers] for i in range(cfg.workers)]
+        refs = list(pool.map(_reference, [cfg.package] * cfg.workers, shares))
     reference = [0.0] * len(probes)
     for i, part in enumerate(refs):
         reference[i::cfg.workers] = part
@@ -147,17 +160,19 @@ def evolve(cfg: EvolveConfig, out: str | Path, log=lambda s: print(s, file=sys.s
             np.random.set_state(state["rng"])
             mean = np.array(es.mean, copy=True)
             population = es.ask()
-            results = list(pool.map(_fitness, population + [mean]))
+            subset = probes_of_generation(cfg, len(state["probes"]), state["generation"])
+            results = list(pool.map(_fitness, [(theta, subset) for theta in population + [mean]]))
             fitness = [f for f, _ in results[:-1]]
             mean_fitness, mean_per_probe = results[-1]
             es.tell(population, [-f for f in fitness])
-            if mean_fitness > state["best_mean"][0]:
+            # on fixed probes keep the best mean seen; on changing subsets scores do not compare: keep the latest
+            if cfg.per_generation or mean_fitness > state["best_mean"][0]:
                 state["best_mean"] = (mean_fitness, mean)
             state["generation"] += 1
             state["seconds"] += time.time() - t0
             row = {"generation": state["generation"], "mean_fitness": mean_fitness, "best": max(fitness),
                    "median": float(np.median(fitness)), "sigma": float(es.sigma), "seconds": time.time() - t0,
-                   "mean_per_probe": mean_per_probe}
+                   "probes": subset, "mean_per_probe": mean_per_probe}
             state["history"].append(row)
             state["rng"] = np.random.get_state()
             _save(out / CHECKPOINT, state)

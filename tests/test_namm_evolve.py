@@ -68,3 +68,13 @@ def test_resume_refuses_a_different_run(tiny_package, tmp_path):
     evolve(EvolveConfig(package=str(tiny_package), generations=1, **SMALL), out, log=lambda s: None)
     with pytest.raises(SlmError, match="different run"):
         evolve(EvolveConfig(package=str(tiny_package), generations=2, budget=0.5, **SMALL), out, log=lambda s: None)
+
+
+def test_per_generation_subsets_are_seeded_and_shared_by_the_population(tiny_package, tmp_path):
+    from evolve.cma_es import probes_of_generation
+    cfg = EvolveConfig(package=str(tiny_package), generations=3, **{**SMALL, "samples": 3, "per_generation": 2})
+    state = evolve(cfg, tmp_path / "run", log=lambda s: None)
+    subsets = [row["probes"] for row in state["history"]]
+    assert all(len(s) == 2 for s in subsets) and len({tuple(s) for s in subsets}) > 1
+    assert subsets == [probes_of_generation(cfg, 6, g) for g in range(3)]        # a resume draws the same
+    assert all(len(row["mean_per_probe"]) == 2 for row in state["history"])

@@ -23,7 +23,7 @@ def _model(path: str, threads: int):
     return og.Model(config)
 
 
-def _generator(model, ids: list[int], total: int):
+def _generator(model, total: int):
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
@@ -37,13 +37,13 @@ def speed(job: dict) -> dict:
     t = time.perf_counter()
     model = _model(job["model"], job["threads"])
     load_s = time.perf_counter() - t
-    warm = _generator(model, [1, 2], 6)
+    warm = _generator(model, 6)
     warm.append_tokens([1, 2])
     while not warm.is_done():
         warm.generate_next_token()
     del warm
     ids = job["ids"]
-    gen = _generator(model, ids, len(ids) + job["new_tokens"])
+    gen = _generator(model, len(ids) + job["new_tokens"])
     clock = TokenClock()
     gen.append_tokens(ids)
     while not gen.is_done():
@@ -59,7 +59,7 @@ def quality(job: dict) -> dict:
     model = _model(job["model"], job["threads"])
     tokens = []
     for ids in job["prompts"]:
-        gen = _generator(model, ids, len(ids) + job["new_tokens"])
+        gen = _generator(model, len(ids) + job["new_tokens"])
         gen.append_tokens(ids)
         out = []
         while not gen.is_done():
@@ -68,7 +68,7 @@ def quality(job: dict) -> dict:
         tokens.append(out)
     nlls = []
     for ids in job["windows"]:          # teacher forcing, one token at a time
-        gen = _generator(model, ids, len(ids) + 1)
+        gen = _generator(model, len(ids) + 1)
         row = []
         for i, tok in enumerate(ids[:-1]):
             gen.append_tokens([tok])
