@@ -90,12 +90,15 @@ class Graph:
 
 def linear(g: Graph, x: str, w, name: str, bias: np.ndarray | None, accuracy_level: int) -> str:
     """y = x @ W.T (+ b), W in torch layout (out, in): MatMulNBits when quantised, else MatMul."""
-    if isinstance(w, NBitsWeight) and w.zero_points.dtype == np.float32:
+    if isinstance(w, NBitsWeight) and w.zero_points.dtype == np.float32 and w.bits == 4 and np.all(w.zero_points == 8):
+        w = NBitsWeight(w.q, w.scales, np.zeros((0, 0), np.uint8), 4, w.block_size, w.source)   # symmetric (Q4_0)
+    elif isinstance(w, NBitsWeight) and w.zero_points.dtype == np.float32:
         return linear_float_zero_point(g, x, w, name, bias, accuracy_level)
     if isinstance(w, NBitsWeight):
         n, k = w.shape
-        ins = [x, g.init(f"{name}.qweight", w.packed()), g.init(f"{name}.scales", w.scales.reshape(-1)),
-               g.init(f"{name}.zero_points", w.packed_zero_points())]
+        ins = [x, g.init(f"{name}.qweight", w.packed()), g.init(f"{name}.scales", w.scales.reshape(-1))]
+        # no zero points: MatMulNBits' default (8 at 4 bits), its fastest kernel
+        ins.append(g.init(f"{name}.zero_points", w.packed_zero_points()) if w.zero_points.size else "")
         if bias is not None:
             ins += ["", g.init(f"{name}.bias", bias)]
         return g.op("MatMulNBits", ins, domain=MS, name=name, K=k, N=n, bits=w.bits,
