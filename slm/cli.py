@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     longctx.add_arguments(e)
     e.set_defaults(func=longctx.run)
 
+    from evolve.cli import register as register_evolve      # `slm evolve`: NAMM scorer by CMA-ES
+    register_evolve(sub)
+
     try:
         from distill.cli import register as register_distill
     except ImportError:
