@@ -15,7 +15,7 @@ import numpy as np
 
 from export.architectures import float_weights, rotary_tables, spec_of
 from export.graph import build_graph
-from export.quantize import NBitsWeight, quantize_rtn
+from export.quantize import quantize_rtn
 from slm.errors import SourceError
 from slm.package import (Dimensions, KVLayout, Manifest, QUANT_MODES, Quantization, Rope, read_manifest,
                          write_manifest)

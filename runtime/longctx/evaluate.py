@@ -73,7 +73,7 @@ def summarise(cells: list[dict]) -> str:
     full = next(c for c in cells if c["policy"] == "full")
     lines = ["| policy | " + " | ".join(f"score @{b:.1%}" for b in budgets) + " | KV MiB @" + f"{budgets[-1]:.1%}"
              + " | decode tok/s | peak RSS MiB |", "|---|" + "---:|" * (len(budgets) + 3)]
-    lines.append(f"| full cache (100%) | " + " | ".join(f"{mean(full['rows'], 'score'):.3f}" for _ in budgets)
+    lines.append("| full cache (100%) | " + " | ".join(f"{mean(full['rows'], 'score'):.3f}" for _ in budgets)
                  + f" | {mean(full['rows'], 'kv_bytes') / 2**20:.1f} | {mean(full['rows'], 'decode_tps'):.1f} | {full['peak_rss_mib']:.0f} |")
     for policy in POLICIES:
         row = [c for c in cells if c["policy"] == policy]
