@@ -5,9 +5,11 @@ import torch
 
 from export import build_package
 from runtime import Engine
+from runtime.longctx.tasks import DATA
 from slm.sources import load_model, resolve_source
 from tests.test_export_parity import graph_logits
 
+HELD_OUT = DATA / "tinyshakespeare" / "input.txt"      # the project's copy (runtime/longctx/data)
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
@@ -20,8 +22,7 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def held_out_ids(smollm2):
-    from tests.conftest import SHARED_DATA
-    text = (SHARED_DATA / "haystack-tinyshakespeare" / "input.txt").read_text()[200_000:202_000]
+    text = HELD_OUT.read_text()[200_000:202_000]
     return np.array([smollm2[2](text).input_ids[:96]], np.int64)
 
 
@@ -81,8 +82,7 @@ def _nll(logits: np.ndarray, ids: np.ndarray) -> float:
 ])
 def test_quantised_exports_stay_close_to_fp32(smollm2, tmp_path, quant, accuracy_level, max_ppl_ratio, min_top1):
     source, model, tok = smollm2
-    from tests.conftest import SHARED_DATA
-    text = (SHARED_DATA / "haystack-tinyshakespeare" / "input.txt").read_text()[200_000:203_000]
+    text = HELD_OUT.read_text()[200_000:203_000]
     ids = np.array([tok(text).input_ids[:256]], np.int64)
     build_package(source, tmp_path / quant, quant=quant, accuracy_level=accuracy_level, model=model, tokenizer=tok,
                   attention_stats=False)
