@@ -26,6 +26,17 @@ def held_out_ids(smollm2):
     return np.array([smollm2[2](text).input_ids[:96]], np.int64)
 
 
+@pytest.fixture(scope="module")
+def reference_logits(smollm2, held_out_ids):
+    """transformers' fp32 logits for the held-out text (the GGUF dequantised): the reference."""
+    with torch.no_grad():
+        return smollm2[1](torch.from_numpy(held_out_ids)).logits.numpy()
+
+
+def _relative(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(got - ref).max() / np.abs(ref).max())
+
+
 def test_default_int4_package_answers(default_gguf_package):
     engine = Engine(default_gguf_package, threads=2)
     m = engine.manifest
@@ -35,14 +46,11 @@ def test_default_int4_package_answers(default_gguf_package):
     assert "Paris" in text, text
 
 
-def test_fp32_export_matches_transformers(smollm2, tmp_path, held_out_ids):
+def test_fp32_export_matches_transformers(smollm2, tmp_path, held_out_ids, reference_logits):
     source, model, tok = smollm2
     build_package(source, tmp_path / "fp32", quant="fp32", model=model, tokenizer=tok)
-    got = graph_logits(tmp_path / "fp32", held_out_ids)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(held_out_ids)).logits.numpy()
-    rel = np.abs(got - ref).max() / np.abs(ref).max()
-    print(f"SmolLM2 fp32 logits: max abs {np.abs(got - ref).max():.2e}, relative {rel:.2e}")
+    rel = _relative(graph_logits(tmp_path / "fp32", held_out_ids), reference_logits)
+    print(f"SmolLM2 fp32 logits: relative diff {rel:.2e}")
     assert rel < 1e-4
     engine = Engine(tmp_path / "fp32", threads=2)
     ids = engine.encode(PROMPT)
@@ -53,15 +61,12 @@ def test_fp32_export_matches_transformers(smollm2, tmp_path, held_out_ids):
     assert got_tokens == ref_tokens[:len(got_tokens)] and len(got_tokens) >= min(len(ref_tokens), 32)
 
 
-def test_gguf_blocks_carried_exactly(smollm2, tmp_path, held_out_ids):
+def test_gguf_blocks_carried_exactly(smollm2, tmp_path, held_out_ids, reference_logits):
     """With fp32 activations (accuracy_level 0) the carried Q4_1/Q8_0 blocks give transformers' logits:
     the GGUF is quantised once, never twice."""
     source, model, tok = smollm2
     build_package(source, tmp_path / "gguf0", quant="gguf", accuracy_level=0, model=model, tokenizer=tok)
-    got = graph_logits(tmp_path / "gguf0", held_out_ids)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(held_out_ids)).logits.numpy()
-    rel = np.abs(got - ref).max() / np.abs(ref).max()
+    rel = _relative(graph_logits(tmp_path / "gguf0", held_out_ids), reference_logits)
     print(f"SmolLM2 GGUF-carried logits (accuracy_level 0): relative diff {rel:.2e}")
     assert rel < 1e-4
 
