@@ -120,9 +120,11 @@ class Engine:
                               keep_recent=cache.capacity // 8 if self.keep_recent is None else self.keep_recent,
                               protected=protected)
 
-    def prefill(self, cache: KVCache, ids: list[int], eviction: EvictionConfig | None = None) -> np.ndarray:
+    def prefill(self, cache: KVCache, ids: list[int], eviction: EvictionConfig | None = None,
+                cancel: threading.Event | None = None) -> np.ndarray | None:
         """Feed `ids` after what the cache holds, in chunks, evicting to stay within the budget;
-        return the last position's logits (vocab,)."""
+        return the last position's logits (vocab,), or None when `cancel` was set between chunks
+        (the cache then holds the chunks fed so far, consistently with its history)."""
         io = self.manifest.io
         out = np.zeros((1, 1, self.manifest.dims.vocab_size), np.float32)
         eviction = eviction or self.eviction_for(cache)
@@ -131,6 +133,8 @@ class Engine:
         limit = min(self.prefill_chunk, STATS_PREFILL_CHUNK) if self.stats_outputs else self.prefill_chunk
         step = max(1, min(limit, cache.capacity // 4))
         for start in range(0, len(ids), step):
+            if cancel is not None and cancel.is_set():
+                return None
             chunk = ids[start:start + step]
             n = len(chunk)
             self._make_room(cache, n, eviction)
@@ -207,7 +211,11 @@ class Engine:
         self._reuse_or_reset(cache, ids)
         fed = len(cache.history)
         eviction = self.eviction_for(cache, self._protected(prompt, ids, cache.next_position - fed))
-        logits = self.prefill(cache, ids[fed:], eviction)
+        logits = self.prefill(cache, ids[fed:], eviction, cancel)
+        if logits is None:          # cancelled during a long prefill
+            yield GenerationEvent(text="", token=None, finish_reason="cancelled", prompt_tokens=len(ids),
+                                  generated_tokens=0, ttft_s=0.0, tokens_per_s=0.0, kv=self.kv_stats(cache))
+            return
         rng = make_rng(params)
         seen = np.zeros(len(ids) + max_tokens, np.int64) if params.repetition_penalty != 1.0 else None
         if seen is not None:

@@ -53,6 +53,31 @@ def test_cancel_stops_at_next_token(engine):
     assert events[-1].finish_reason == "cancelled" and len(events) == 4
 
 
+
+class _SetAfter(threading.Event):
+    """An event that reads as set from its n-th check on (the cancel arriving mid-prefill)."""
+    def __init__(self, n):
+        super().__init__()
+        self.checks, self.n = 0, n
+
+    def is_set(self):
+        self.checks += 1
+        return self.checks >= self.n
+
+
+def test_cancel_during_prefill_stops_between_chunks(tiny_package):
+    engine = Engine(tiny_package, threads=1, prefill_chunk=8)
+    ids = engine.encode("word " * 40, raw=True)
+    assert len(ids) > 24
+    cache = engine.new_cache()
+    events = list(engine.generate("word " * 40, raw=True, max_tokens=5, cancel=_SetAfter(3), cache=cache))
+    assert [(e.token, e.finish_reason, e.generated_tokens) for e in events] == [(None, "cancelled", 0)]
+    assert cache.length == 16 and cache.history == ids[:16]        # two chunks fed, then the cancel
+    # the same cache goes on from there: the next call prefills only the rest and answers
+    fresh = [e.token for e in engine.generate("word " * 40, raw=True, max_tokens=5, cache=engine.new_cache())]
+    resumed = [e.token for e in engine.generate("word " * 40, raw=True, max_tokens=5, cache=cache)]
+    assert resumed == fresh
+
 def test_prefix_reuse_gives_same_tokens_as_fresh_cache(engine):
     convo = [{"role": "user", "content": "first question"}]
     first = list(engine.generate(convo, max_tokens=8))
