@@ -156,6 +156,12 @@ class KVCache:
         for start, end in config.protected:
             locked |= (pos >= start) & (pos < end)
         scores[locked] = np.inf
+        # A sliding-window layer (Gemma 3's local layers, Mistral) never attends past its window, and
+        # GroupQueryAttention applies the window to slots, not positions: such a layer keeps its most
+        # recent tokens (no sinks, no protected turns), so its last `window` slots are exactly the
+        # positions the model was trained to see.
+        sliding = np.asarray(self.manifest.kv.sliding_window) > 0
+        scores[sliding] = pos[sliding]
         evictable = int((~np.isinf(scores)).sum(-1).min())
         if evictable < need:
             raise BudgetExceededError(f"the KV budget of {self.capacity} tokens cannot take {n} more: "

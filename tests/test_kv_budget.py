@@ -130,3 +130,35 @@ def test_new_slots_start_with_clean_statistics(tiny_package):
     c.cumulative[:, :, c.length:] = 99.0            # stale values past the end
     c.append(2)
     assert (c.cumulative[:, :, c.length - 2:c.length] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def sliding_package(tmp_path_factory, smollm2_tokenizer):
+    """A tiny Mistral whose every layer attends to a 16-token window."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from export import build_package
+
+    torch.manual_seed(3)
+    model = MistralForCausalLM(MistralConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                             sliding_window=16, initializer_range=0.2)).eval()
+    out = tmp_path_factory.mktemp("pkg") / "tiny-mistral"
+    build_package(None, out, quant="fp32", model=model, tokenizer=smollm2_tokenizer)
+    return out
+
+
+@pytest.mark.parametrize("policy", EVICTING)
+def test_sliding_window_layers_keep_their_window(sliding_package, policy):
+    """Sliding-window layers evict oldest-first whatever the policy (no sinks): a model whose every
+    layer looks 16 tokens back then answers under a 24-token budget exactly as with its full cache."""
+    prompt = " ".join(f"w{i}" for i in range(40))
+    full = Engine(sliding_package, threads=1)
+    ref = [e.token for e in full.generate(prompt, raw=True, max_tokens=12, ignore_eos=True)]
+    engine = Engine(sliding_package, threads=1, kv_budget=24, kv_policy=policy)
+    events = list(engine.generate(prompt, raw=True, max_tokens=12, ignore_eos=True))
+    assert events[-1].kv.evicted_tokens > 0 and events[-1].prompt_tokens > 40
+    assert [e.token for e in events] == ref
+    pos = engine.cache.positions[:, :, :engine.cache.length]
+    assert (pos == pos[:, :, -1:] - np.arange(engine.cache.length)[::-1]).all()     # the newest, contiguous
