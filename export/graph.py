@@ -112,20 +112,18 @@ def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, a
 
     w = s * (q - zp) = s * (q - 8) + o,   o = s * (8 - zp), one offset per block, so
 
-        x ─► MatMulNBits(q, s; zero point 8) ──────────────────────────────────► + ─► y
-        └──► MatMul(block indicator (K, K/bs)) ─► MatMul(o.T (K/bs, N)) ─┘
+        x ─► MatMulNBits(q, s; zero point 8) ───────────────────────────► + ─► y
+        └──► sum x over each block (B, S, K/bs) ─► MatMul(o.T (K/bs, N)) ─┘
 
     exact in real arithmetic; ONNX Runtime's CPU kernel for float zero points is ~20x slower.
-    The block sums are one MatMul with a 0/1 matrix shared by every linear of the same K, not
-    Reshape + ReduceSum: at one token per step the side path's cost is its node count.
     """
     n, k = w.shape
     ins = [x, g.init(f"{name}.qweight", w.packed()), g.init(f"{name}.scales", w.scales.reshape(-1))]
     main = g.op("MatMulNBits", ins, domain=MS, name=name, K=k, N=n, bits=4, block_size=w.block_size,
                 accuracy_level=accuracy_level)
     offsets = w.scales * (8.0 - w.zero_points)                                   # (N, K/bs)
-    indicator = np.kron(np.eye(k // w.block_size, dtype=np.float32), np.ones((w.block_size, 1), np.float32))
-    sums = g.op("MatMul", [x, g.init(f"block_indicator/{k}/{w.block_size}", indicator)])
+    blocks = g.op("Reshape", [x, g.init(f"{name}.block_shape", np.array([0, 0, k // w.block_size, w.block_size], np.int64))])
+    sums = g.op("ReduceSum", [blocks, g.init(f"{name}.block_axis", np.array([-1], np.int64))], keepdims=0)
     y = g.op("Add", [main, g.op("MatMul", [sums, g.init(f"{name}.block_offsets", np.ascontiguousarray(offsets.T))])])
     return y if bias is None else g.op("Add", [y, g.init(f"{name}.bias", bias)])
 
