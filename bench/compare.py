@@ -84,7 +84,7 @@ def systems() -> list[System]:
 
     return [
         slm("slm int4", default_package(), "GGUF Q4_1 blocks carried (embedding Q8_0), accuracy_level 4", "gguf:4"),
-        slm("slm int4 RTN", pk / "bench-int4-rtn", "int4 RTN block 32, uint8 zero points, 8-bit embedding", "int4:4"),
+        slm("slm int4 RTN", pk / "bench-int4-rtn", "int4 RTN block 32, float zero points on each block's min-max (side path), 8-bit embedding", "int4:4"),
         slm("slm int8", pk / "bench-int8", "int8 RTN block 32", "int8:4"),
         slm("slm fp32", pk / "smollm2-135m-instruct-fp32", "fp32", "fp32"),
         System("genai int4", "genai", "genai", str(b / "genai-int4"), "its builder: -p int4 -e cpu", {"model": hf, "variant": "int4"}),

@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     e = subparsers.add_parser("eval", help="accuracy of a trained student on a split")
     _task_args(e)
-    e.add_argument("--model", required=True, help="checkpoint folder written by `train`")
+    e.add_argument("--model", required=True,
+                   help="checkpoint folder written by `train`, or an slm package exported from one (runs the Engine)")
     e.add_argument("--split", default="test")
     e.add_argument("--limit", type=int)
     e.add_argument("--max-new-tokens", type=int, default=32)

@@ -1,6 +1,7 @@
 """Stage 3: accuracy of a student's label task on a split, decoded greedily.
 
-Entry points: `evaluate_model` (a model in memory) and `evaluate_checkpoint` (a checkpoint folder).
+Entry points: `evaluate_model` (a model in memory) and `evaluate_checkpoint` (a checkpoint folder, or
+an slm package exported from one: then the student answers through the runtime's Engine).
 A prediction the task cannot parse counts as wrong and is counted separately as `unparseable`.
 """
 from __future__ import annotations
@@ -66,6 +67,16 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return outputs
 
 
+def generate_answers_engine(package: str | Path, inputs: list[str], *, max_new_tokens: int,
+                            threads: int | None = None) -> list[str]:
+    """The same label-task outputs from an exported package, decoded greedily by `runtime.Engine`."""
+    from runtime import Engine
+
+    engine = Engine(package, threads=threads, kv_budget=1024)
+    return ["".join(event.text for event in engine.generate(prompt(PREDICT, text), raw=True, max_tokens=max_new_tokens))
+            for text in inputs]
+
+
 def score(task: Task, examples: list[Example], outputs: list[str]) -> EvalResult:
     predictions, unparseable = [], 0
     for example, output in zip(examples, outputs, strict=True):
@@ -89,11 +100,15 @@ def evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
 def evaluate_checkpoint(folder: str | Path, task: Task, split: str = "test", *, limit: int | None = None,
                         max_new_tokens: int = 32, batch_size: int = 16,
                         predictions_out: str | Path | None = None) -> EvalResult:
-    from distill.student import load_causal_lm
+    examples = task.load(split)[:limit]
+    if (Path(folder) / "manifest.json").is_file():          # an slm package: through the runtime
+        outputs = generate_answers_engine(folder, [e.input for e in examples], max_new_tokens=max_new_tokens)
+        result = score(task, examples, outputs)
+    else:
+        from distill.student import load_causal_lm
 
-    model, tokenizer = load_causal_lm(folder)
-    result = evaluate_model(model, tokenizer, task, task.load(split)[:limit], max_new_tokens=max_new_tokens,
-                            batch_size=batch_size)
+        model, tokenizer = load_causal_lm(folder)
+        result = evaluate_model(model, tokenizer, task, examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
     if predictions_out is not None:
         with Path(predictions_out).open("w", encoding="utf-8") as f:
             for p in result.predictions:
