@@ -162,3 +162,29 @@ def test_sliding_window_layers_keep_their_window(sliding_package, policy):
     assert [e.token for e in events] == ref
     pos = engine.cache.positions[:, :, :engine.cache.length]
     assert (pos == pos[:, :, -1:] - np.arange(engine.cache.length)[::-1]).all()     # the newest, contiguous
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_graph_attention_mass_matches_pytorch(arch, tmp_path, smollm2_tokenizer):
+    """The statistics graph's per-(layer, KV head) attention mass equals the eager PyTorch attention
+    probabilities summed over the prompt's queries and each KV head's query group (Gemma: sliding
+    layers with an 8-token window over a 20-token prompt, and a global layer)."""
+    import torch
+
+    from export import build_package
+    from tests.conftest import tiny_gemma3, tiny_llama
+
+    model = {"llama": tiny_llama, "gemma3": tiny_gemma3}[arch]()
+    build_package(None, tmp_path / arch, quant="fp32", model=model, tokenizer=smollm2_tokenizer)
+    engine = Engine(tmp_path / arch, threads=1, kv_budget=64, kv_policy="h2o")
+    ids = list(range(100, 120))
+    cache = engine.new_cache()
+    engine.prefill(cache, ids)
+    mass = cache.cumulative[:, :, :cache.length]                       # (layers, kv heads, 20)
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        attentions = model(torch.tensor([ids]), output_attentions=True).attentions
+    kv_heads = mass.shape[1]
+    ref = np.stack([a[0].sum(1).reshape(kv_heads, -1, len(ids)).sum(1).numpy() for a in attentions])
+    np.testing.assert_allclose(mass, ref, atol=1e-4)
+    assert np.allclose(mass.sum(-1), len(ids) * model.config.num_attention_heads // kv_heads, rtol=1e-5)
