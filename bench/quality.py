@@ -66,6 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--systems", nargs="*")
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--text-prompts", type=int, default=4, help="Tiny Shakespeare prompts (plus the 4 chat prompts)")
     ap.add_argument("--windows", type=int, default=4, help="held-out windows to score")
     ap.add_argument("--window", type=int, default=512, help="tokens per window")
     ap.add_argument("--threads", type=int, default=2)
@@ -79,7 +80,7 @@ def main() -> None:
         prepare_all(slm_quality_variants())
         return
     chosen = [s for s in every if not args.systems or s.name in args.systems or s.name == REFERENCE]
-    prompts, windows = inputs(4, args.window, args.windows)
+    prompts, windows = inputs(args.text_prompts, args.window, args.windows)
     job = {"mode": "quality", "prompts": prompts, "windows": windows, "new_tokens": args.new_tokens,
            "threads": args.threads}
     results = {}
