@@ -6,6 +6,7 @@ writes model.onnx (GroupQueryAttention, MatMulNBits), tokenizer.json and manifes
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -62,6 +63,20 @@ def quantize_weights(weights: dict, mode: str, *, block_size: int = 32, gguf_pat
                              notes="round-to-nearest asymmetric; embedding and lm_head at 8 bits")
 
 
+def _fine_tuned_from_gguf(src) -> str | None:
+    """The GGUF a `slm distill train` checkpoint folder started from (its train_config.json), if any."""
+    if getattr(src, "kind", "") != "hf":
+        return None
+    record = Path(src.path) / "train_config.json"
+    if not record.is_file():
+        return None
+    try:
+        student = str(json.loads(record.read_text()).get("student", ""))
+    except (ValueError, AttributeError):
+        return None
+    return student if student == "smollm2" or student.endswith(".gguf") else None
+
+
 def build_package(source: str | Source | None, out: str | Path, *, quant: str | None = None,
                   accuracy_level: int = 4, block_size: int = 32, max_positions: int | None = None,
                   attention_stats: bool = True, model=None, tokenizer=None, overwrite: bool = True) -> Manifest:
@@ -69,8 +84,15 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
     (its own blocks carried over) and "int4" otherwise. `model`/`tokenizer` skip loading (tests)."""
     t0 = time.time()
     src = source if isinstance(source, Source) or model is not None else resolve_source(source)
+    base = _fine_tuned_from_gguf(src)
     if quant is None:
-        quant = "gguf" if getattr(src, "kind", "") == "gguf" else "int4"
+        quant = "gguf" if getattr(src, "kind", "") == "gguf" else "int8" if base else "int4"
+        if base:
+            _log(f"a student fine-tuned from the 4-bit GGUF {base!r}: exporting at int8 (int4 would round the "
+                 f"fine-tune back toward the base model, see docs/DISTILL.md); --quant overrides")
+    elif quant == "int4" and base:
+        _log(f"warning: this student was fine-tuned from the 4-bit GGUF {base!r}; int4 rounds its weights back "
+             f"toward the base model's (docs/DISTILL.md measured 0.5% against 37.5% on SVAMP); prefer --quant int8")
     if quant not in QUANT_MODES:
         raise SourceError(f"--quant {quant!r} is not a quantisation mode; accepted: {', '.join(QUANT_MODES)}")
     if quant == "gguf" and getattr(src, "kind", "") != "gguf":
