@@ -84,7 +84,7 @@ def table(args: argparse.Namespace) -> None:
                                f"{rec['label_examples']} label / {rec['rationale_examples']} rationale examples, "
                                f"{rec['steps']} steps × batch {cfg['batch_size']}, lr {cfg['lr']}, seed {cfg['seed']}, "
                                f"{rec['seconds']:.0f} s, unparseable answers {ev['unparseable']}"
-                               + (f", left out {rec['left_out']}" if rec["left_out"] else ""))
+                               + (f", counted apart (record's left_out) {rec['left_out']}" if rec["left_out"] else ""))
         print(f"| {method} | " + " | ".join(row) + " |")
     print()
     print("\n".join(details))
