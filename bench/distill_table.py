@@ -1,7 +1,10 @@
 """The distilling step-by-step results table: standard fine-tuning vs step-by-step at 25/50/100% data.
 
-    python bench/distill_table.py run   [--out runs/dss-table] [--tasks svamp esnli] [--steps 60] ...
+    python bench/distill_table.py run   [--out runs/dss-table] [--tasks svamp esnli] [--steps 60] [TRAIN ARGS]
     python bench/distill_table.py table [--out runs/dss-table]
+
+Every cell trains with TABLE_SETTINGS; any further `slm distill train` argument (`--lr 2e-4`,
+`--seed 1`, `--save-every 20`, ...) is passed on to every cell and overrides them.
 
 `run` trains one SmolLM2-135M student per cell (task × data fraction × method) through the
 `slm distill` CLI in a fresh process each, with the same seed, steps, batch and learning rate for
@@ -23,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.25, 0.5, 1.0)
 METHODS = ("standard", "step-by-step")
 DATA = {"svamp": None, "esnli": "../shared/data/esnli-dss", "cqa": "../shared/data/cqa-dss"}
+TABLE_SETTINGS = ["--batch-size", "8", "--lr", "1e-4", "--warmup-steps", "5", "--lam", "1", "--seed", "0",
+                  "--save-every", "0", "--log-every", "10"]
+EVAL_LIMIT = {"svamp": 0, "esnli": 300, "cqa": 300}       # test inputs scored at the end (0: all, SVAMP's 200)
+MAX_NEW_TOKENS = {"svamp": 24, "esnli": 6, "cqa": 16}
 
 
 def cell_dir(out: Path, task: str, fraction: float, method: str) -> Path:
@@ -37,7 +44,7 @@ def distill(*args: str, threads: int) -> None:
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, train_args: list[str]) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for task in args.tasks:
@@ -51,14 +58,11 @@ def run(args: argparse.Namespace) -> None:
                 if (cell / "training_record.json").exists():
                     print(f"= {cell.name}: done", flush=True)
                     continue
-                rationales = ["--rationales", str(store), "--lam", str(args.lam)] if method == "step-by-step" else []
-                distill("train", "--task", task, *data, "--student", args.student, "--out", str(cell),
-                        *rationales, "--train-fraction", str(fraction), "--steps", str(args.steps),
-                        "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-                        "--warmup-steps", str(args.warmup_steps), "--log-every", "10",
-                        "--eval-limit", str(args.eval_limit[task]), "--max-new-tokens",
-                        str(args.max_new_tokens[task]), "--save-every", str(args.save_every),
-                        "--seed", str(args.seed), threads=args.threads)
+                rationales = ["--rationales", str(store)] if method == "step-by-step" else []
+                distill("train", "--task", task, *data, "--student", args.student, "--out", str(cell), *rationales,
+                        "--train-fraction", str(fraction), "--steps", str(args.steps),
+                        "--eval-limit", str(EVAL_LIMIT[task]), "--max-new-tokens", str(MAX_NEW_TOKENS[task]),
+                        *TABLE_SETTINGS, *train_args, threads=args.threads)
 
 
 def table(args: argparse.Namespace) -> None:
@@ -98,21 +102,14 @@ def main() -> None:
     r.add_argument("--tasks", nargs="+", default=["svamp", "esnli"], choices=sorted(DATA))
     r.add_argument("--student", default="smollm2")
     r.add_argument("--steps", type=int, default=60)
-    r.add_argument("--batch-size", type=int, default=8)
-    r.add_argument("--lr", type=float, default=1e-4)
-    r.add_argument("--warmup-steps", type=int, default=5)
-    r.add_argument("--lam", type=float, default=1.0)
-    r.add_argument("--save-every", type=int, default=20)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--threads", type=int, default=2, help="torch threads per training process")
     t = sub.add_parser("table")
     t.add_argument("--out", default="runs/dss-table")
-    args = ap.parse_args()
+    args, train_args = ap.parse_known_args()
     if args.command == "run":
-        # test inputs scored at the end (0 = all: SVAMP's 200) and answer lengths, per task
-        args.eval_limit = {"svamp": 0, "esnli": 300, "cqa": 300}
-        args.max_new_tokens = {"svamp": 24, "esnli": 6, "cqa": 16}
-        run(args)
+        run(args, train_args)
+    elif train_args:
+        ap.error(f"unrecognized arguments: {' '.join(train_args)}")
     else:
         table(args)
 

@@ -67,12 +67,11 @@ def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return outputs
 
 
-def generate_answers_engine(package: str | Path, inputs: list[str], *, max_new_tokens: int,
-                            threads: int | None = None) -> list[str]:
+def generate_answers_engine(package: str | Path, inputs: list[str], *, max_new_tokens: int) -> list[str]:
     """The same label-task outputs from an exported package, decoded greedily by `runtime.Engine`."""
     from runtime import Engine
 
-    engine = Engine(package, threads=threads, kv_budget=1024)
+    engine = Engine(package)
     return ["".join(event.text for event in engine.generate(prompt(PREDICT, text), raw=True, max_tokens=max_new_tokens))
             for text in inputs]
 

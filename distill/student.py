@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from slm.sources import default_gguf, load_model, resolve_source
+from slm.sources import Source, default_gguf, load_model, resolve_source
 
 SMOLLM2 = "smollm2"  # shorthand for slm's default model
 
@@ -17,10 +17,14 @@ def smollm2_gguf() -> Path:
     return default_gguf()
 
 
+def student_source(source: str | Path) -> Source:
+    """The `slm.sources.Source` a student spec names (`smollm2` is the default GGUF)."""
+    return resolve_source("default" if str(source) == SMOLLM2 else str(source))
+
+
 def load_causal_lm(source: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model in float32, tokenizer with a pad token) from any source `slm.sources` accepts."""
-    spec = "default" if str(source) == SMOLLM2 else str(source)
-    model, tokenizer = load_model(resolve_source(spec))
+    model, tokenizer = load_model(student_source(source))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -28,7 +28,7 @@ from slm.errors import SlmError
 from distill import multitask
 from distill.evaluate import EvalResult, evaluate_model
 from distill.store import read_kept
-from distill.student import load_causal_lm
+from distill.student import load_causal_lm, student_source
 from distill.tasks import get_task
 
 FORMAT_VERSION = 1
@@ -107,6 +107,7 @@ class TrainRecord:
     history: list[dict]             # {"step", "loss", "label_loss", "rationale_loss", "lr"} per log
     evals: list[dict]               # {"step", "accuracy", "correct", "total", "unparseable"}
     final_eval: dict | None
+    student_source: dict            # {"kind": "hf" | "gguf" | "hub", "path": ...}: what the weights started from
     format_version: int = FORMAT_VERSION
 
 
@@ -117,6 +118,7 @@ def train(config: TrainConfig) -> TrainRecord:
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(config.seed)
     task = get_task(config.task, config.data)
+    source = student_source(config.student)
     model, tokenizer = load_causal_lm(config.student)
 
     inputs = multitask.select(task.load("train"), config.train_fraction, config.seed)
@@ -175,7 +177,8 @@ def train(config: TrainConfig) -> TrainRecord:
     record = TrainRecord(config=asdict(config), train_inputs=len(inputs), label_examples=len(encoded),
                          rationale_examples=sum(e.rationale is not None for e in encoded), left_out=dict(left_out),
                          steps=step, resumed_from_step=resumed_from, seconds=round(time.monotonic() - started, 1),
-                         history=history, evals=evals, final_eval=final)
+                         history=history, evals=evals, final_eval=final,
+                         student_source={"kind": source.kind, "path": source.path})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -64,17 +64,19 @@ def quantize_weights(weights: dict, mode: str, *, block_size: int = 32, gguf_pat
 
 
 def _fine_tuned_from_gguf(src) -> str | None:
-    """The GGUF a `slm distill train` checkpoint folder started from (its train_config.json), if any."""
+    """The GGUF a `slm distill train` checkpoint folder started from, as its training_record.json
+    says (`student_source`), or None for any other source."""
     if getattr(src, "kind", "") != "hf":
         return None
-    record = Path(src.path) / "train_config.json"
+    record = Path(src.path) / "training_record.json"
     if not record.is_file():
         return None
     try:
-        student = str(json.loads(record.read_text()).get("student", ""))
-    except (ValueError, AttributeError):
+        started = json.loads(record.read_text()).get("student_source") or {}
+    except ValueError as e:
+        _log(f"warning: {record} is not valid JSON ({e}); not checking what the student started from")
         return None
-    return student if student == "smollm2" or student.endswith(".gguf") else None
+    return started.get("path") if started.get("kind") == "gguf" else None
 
 
 def build_package(source: str | Source | None, out: str | Path, *, quant: str | None = None,
@@ -88,11 +90,11 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
     if quant is None:
         quant = "gguf" if getattr(src, "kind", "") == "gguf" else "int8" if base else "int4"
         if base:
-            _log(f"a student fine-tuned from the 4-bit GGUF {base!r}: exporting at int8 (int4 would round the "
-                 f"fine-tune back toward the base model, see docs/DISTILL.md); --quant overrides")
+            _log(f"a student fine-tuned from the quantised GGUF {base!r}: exporting at int8 (int4 would round "
+                 f"the fine-tune back toward the base model, see docs/DISTILL.md); --quant overrides")
     elif quant == "int4" and base:
-        _log(f"warning: this student was fine-tuned from the 4-bit GGUF {base!r}; int4 rounds its weights back "
-             f"toward the base model's (docs/DISTILL.md measured 0.5% against 37.5% on SVAMP); prefer --quant int8")
+        _log(f"warning: this student was fine-tuned from the quantised GGUF {base!r}; int4 rounds its weights "
+             f"back toward the base model's (docs/DISTILL.md measured 0.5% against 37.5% on SVAMP); prefer --quant int8")
     if quant not in QUANT_MODES:
         raise SourceError(f"--quant {quant!r} is not a quantisation mode; accepted: {', '.join(QUANT_MODES)}")
     if quant == "gguf" and getattr(src, "kind", "") != "gguf":

@@ -31,8 +31,8 @@ from slm.package import read_manifest
 
 PREFILL_CHUNK = 512     # tokens per prefill call: bounds activation memory for long prompts
 # With the attention-statistics graph ONNX Runtime holds each layer's (heads, chunk, cache) attention
-# probabilities of a prefill call at once: peak RSS of a 3,900-token prompt in a 2,048-token h2o cache
-# was 733 MiB at 128-token chunks, 570 at 64, 488 at 32 (the plain graph: 496), 448 at 16 (slower).
+# probabilities of a prefill call at once: `python bench/stats_rss.py` (3,900-token prompt, 2,048-token
+# h2o cache) peaked at 734 MiB with 128-token chunks, 571 at 64, 491 at 32 (plain graph: 495), 448 at 16.
 STATS_PREFILL_CHUNK = 32
 DEFAULT_CAPACITY = 4096  # KV slots when no budget is given (the model's context if smaller)
 
@@ -40,11 +40,12 @@ DEFAULT_CAPACITY = 4096  # KV slots when no budget is given (the model's context
 class Engine:
     def __init__(self, package: str | Path, *, provider: str = "auto", threads: int | None = None,
                  kv_budget: str | int | None = None, kv_policy: str = "none", evict_chunk: int | None = None,
-                 keep_recent: int | None = None, protect_chat: bool = True, prefill_chunk: int = PREFILL_CHUNK):
+                 keep_recent: int | None = None, protect_chat: bool = True, prefill_chunk: int | None = None):
         """kv_budget: tokens or bytes ("16MiB"); kv_policy: see runtime.eviction.POLICIES.
         evict_chunk: slots freed per eviction (default 1/8 of the budget); keep_recent: newest tokens
         never evicted (default 1/8 of the budget); protect_chat: never evict the system prompt and the
-        current user turn."""
+        current user turn; prefill_chunk: tokens per prefill call (default PREFILL_CHUNK, or
+        STATS_PREFILL_CHUNK when the policy reads attention statistics)."""
         self.path = Path(package)
         self.manifest = read_manifest(self.path)
         m = self.manifest
@@ -74,7 +75,9 @@ class Engine:
         self.capacity = parse_budget(kv_budget, m) or min(m.kv.default_capacity, DEFAULT_CAPACITY)
         self.evict_chunk, self.keep_recent = evict_chunk, keep_recent
         self.protect_chat = protect_chat
-        self.prefill_chunk = prefill_chunk
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise SlmError(f"prefill_chunk={prefill_chunk} must be at least 1 token (or None for the default)")
+        self.prefill_chunk = prefill_chunk or (STATS_PREFILL_CHUNK if self.stats_outputs else PREFILL_CHUNK)
         self.device = "cuda" if self.provider == "cuda" else "cpu"
         self.eos_ids = frozenset(m.eos_token_ids)
         self.cache = self.new_cache()
@@ -128,10 +131,8 @@ class Engine:
         io = self.manifest.io
         out = np.zeros((1, 1, self.manifest.dims.vocab_size), np.float32)
         eviction = eviction or self.eviction_for(cache)
-        # a chunk leaves room to evict around it; with attention statistics the graph materialises
-        # (heads, chunk, cache) probabilities per layer, so chunks are kept small there
-        limit = min(self.prefill_chunk, STATS_PREFILL_CHUNK) if self.stats_outputs else self.prefill_chunk
-        step = max(1, min(limit, cache.capacity // 4))
+        # a chunk leaves room to evict around it
+        step = max(1, min(self.prefill_chunk, cache.capacity // 4))
         for start in range(0, len(ids), step):
             if cancel is not None and cancel.is_set():
                 return None

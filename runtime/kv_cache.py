@@ -62,6 +62,7 @@ class KVCache:
         shape = (1, d.num_kv_heads, capacity, d.head_dim)
         self.capacity = capacity
         self.manifest = manifest
+        self.sliding = np.asarray(manifest.kv.sliding_window) > 0     # layers that keep a recent window
         if device == "cpu":      # numpy owns the memory, OrtValues view it: eviction compacts in numpy
             self.keys = [np.zeros(shape, dtype) for _ in range(d.num_layers)]
             self.values = [np.zeros(shape, dtype) for _ in range(d.num_layers)]
@@ -160,8 +161,7 @@ class KVCache:
         # GroupQueryAttention applies the window to slots, not positions: such a layer keeps its most
         # recent tokens (no sinks, no protected turns), so its last `window` slots are exactly the
         # positions the model was trained to see.
-        sliding = np.asarray(self.manifest.kv.sliding_window) > 0
-        scores[sliding] = pos[sliding]
+        scores[self.sliding] = pos[self.sliding]
         evictable = int((~np.isinf(scores)).sum(-1).min())
         if evictable < need:
             raise BudgetExceededError(f"the KV budget of {self.capacity} tokens cannot take {n} more: "

@@ -40,6 +40,7 @@ def test_cli_pipeline_writes_a_checkpoint_and_scores_it(trained, capsys):
     root, out = trained
     record = json.loads((out / "training_record.json").read_text())
     assert record["steps"] == 4 and record["rationale_examples"] > 0
+    assert record["student_source"]["kind"] == "hf"           # read by `slm export` (int8 default for GGUF students)
     predictions = root / "predictions.jsonl"
     assert _cli("eval", "--task", "svamp", "--model", str(out), "--limit", "3", "--max-new-tokens", "8",
                 "--predictions", str(predictions)) == 0

@@ -128,3 +128,8 @@ def test_decode_logits_buffer_is_reused_not_reallocated(engine):
     a = engine.decode_step(cache, 4)
     b = engine.decode_step(cache, 5)
     assert np.shares_memory(a, b)      # one fixed output buffer bound once
+
+
+def test_bad_prefill_chunk_is_named(tiny_package):
+    with pytest.raises(SlmError, match=r"prefill_chunk=0 must be at least 1"):
+        Engine(tiny_package, threads=1, prefill_chunk=0)

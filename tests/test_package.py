@@ -54,22 +54,20 @@ def _edit(pkg, **changes):
     (pkg / "manifest.json").write_text(json.dumps(d))
 
 
-@pytest.mark.parametrize("student, quant, expected", [("smollm2", None, "int8"), ("/m/base.gguf", "int4", "int4"),
-                                                      ("/m/hf-folder", None, "int4")])
-def test_students_of_a_4bit_gguf_export_at_int8_by_default(tmp_path, smollm2_tokenizer, capsys, student, quant, expected):
-    """A `slm distill train` folder fine-tuned from the 4-bit GGUF: int4 would round the fine-tune back
-    toward the base (docs/DISTILL.md), so the default is int8 and an explicit int4 warns."""
+@pytest.mark.parametrize("kind, quant, expected", [("gguf", None, "int8"), ("gguf", "int4", "int4"), ("hf", None, "int4")])
+def test_students_of_a_quantised_gguf_export_at_int8_by_default(tmp_path, smollm2_tokenizer, capsys, kind, quant, expected):
+    """A `slm distill train` folder whose record says it started from a GGUF: int4 would round the
+    fine-tune back toward the base (docs/DISTILL.md), so the default is int8 and an explicit int4 warns."""
     from export import build_package
     from slm.sources import Source
     from tests.conftest import tiny_llama
 
     folder = tmp_path / "student"
     folder.mkdir()
-    (folder / "train_config.json").write_text(json.dumps({"student": student, "format_version": 1}))
+    (folder / "training_record.json").write_text(json.dumps({"student_source": {"kind": kind, "path": "/m/base"}}))
     manifest = build_package(Source("hf", str(folder), "student"), tmp_path / "pkg", quant=quant,
                              model=tiny_llama(), tokenizer=smollm2_tokenizer, attention_stats=False)
     assert manifest.quant.mode == expected
     err = capsys.readouterr().err
-    from_gguf = student != "/m/hf-folder"
-    assert ("4-bit GGUF" in err) == from_gguf
+    assert ("quantised GGUF '/m/base'" in err) == (kind == "gguf")
     assert ("warning:" in err) == (quant == "int4")
