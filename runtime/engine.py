@@ -75,8 +75,10 @@ class Engine:
         self.capacity = parse_budget(kv_budget, m) or min(m.kv.default_capacity, DEFAULT_CAPACITY)
         self.evict_chunk, self.keep_recent = evict_chunk, keep_recent
         self.protect_chat = protect_chat
-        if prefill_chunk is not None and prefill_chunk < 1:
-            raise SlmError(f"prefill_chunk={prefill_chunk} must be at least 1 token (or None for the default)")
+        for name, value, least in (("prefill_chunk", prefill_chunk, 1), ("evict_chunk", evict_chunk, 1),
+                                   ("keep_recent", keep_recent, 0)):
+            if value is not None and value < least:
+                raise SlmError(f"{name}={value} must be at least {least} token{'s' * (least != 1)} (or omitted for the default)")
         self.prefill_chunk = prefill_chunk or (STATS_PREFILL_CHUNK if self.stats_outputs else PREFILL_CHUNK)
         self.device = "cuda" if self.provider == "cuda" else "cpu"
         self.eos_ids = frozenset(m.eos_token_ids)

@@ -17,6 +17,17 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-budget", default=None, metavar="TOKENS|BYTES",
                    help="KV cache budget: tokens (2048) or bytes (16MiB); the buffer never grows past it")
     p.add_argument("--kv-policy", default="none", help="eviction policy when the budget is full (none refuses)")
+    p.add_argument("--evict-chunk", type=int, default=None, metavar="TOKENS",
+                   help="slots freed per eviction (default: 1/8 of the budget)")
+    p.add_argument("--keep-recent", type=int, default=None, metavar="TOKENS",
+                   help="newest tokens never evicted (default: 1/8 of the budget)")
+
+
+def _open_engine(package, args: argparse.Namespace):
+    from runtime import Engine
+
+    return Engine(package, provider=args.provider, threads=args.threads, kv_budget=args.kv_budget,
+                  kv_policy=args.kv_policy, evict_chunk=args.evict_chunk, keep_recent=args.keep_recent)
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -41,7 +52,6 @@ def _sampling(args):
 
 def open_engine(args):
     """--model and friends -> a running Engine; prints which provider runs and why, on stderr."""
-    from runtime import Engine
     from slm.paths import resolve_package
     try:
         package = resolve_package(args.model)
@@ -49,8 +59,7 @@ def open_engine(args):
         raise SlmError(f"exporting {args.model or 'the default model'} needs the export extra "
                        f"(pip install 'slm[export]'): {e}") from None
     try:
-        engine = Engine(package, provider=args.provider, threads=args.threads, kv_budget=args.kv_budget,
-                        kv_policy=args.kv_policy)
+        engine = _open_engine(package, args)
     except (ValueError, RuntimeError) as e:
         raise SlmError(str(e)) from None
     print(f"slm: {package.name}: {engine.provider_note}", file=sys.stderr)
@@ -101,11 +110,8 @@ def cmd_chat(args) -> None:
         except ImportError as e:
             print(f"slm: the Textual UI is not available ({e}); using the plain chat", file=sys.stderr)
         else:
-            from runtime import Engine
-
             def engine_factory(package):
-                return Engine(package, provider=args.provider, threads=args.threads, kv_budget=args.kv_budget,
-                              kv_policy=args.kv_policy)
+                return _open_engine(package, args)
             # the app's own defaults (mild sampling) unless the user set a sampling flag
             user_set = any(f in sys.argv for f in ("--temperature", "--top-k", "--top-p", "--min-p",
                                                    "--repetition-penalty", "--seed"))

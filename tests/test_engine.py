@@ -131,5 +131,5 @@ def test_decode_logits_buffer_is_reused_not_reallocated(engine):
 
 
 def test_bad_prefill_chunk_is_named(tiny_package):
-    with pytest.raises(SlmError, match=r"prefill_chunk=0 must be at least 1"):
+    with pytest.raises(SlmError, match=r"prefill_chunk=0 must be at least 1 token"):
         Engine(tiny_package, threads=1, prefill_chunk=0)
