@@ -44,6 +44,8 @@ class EvolveConfig:
     prior: str = "log_mass_ema16"       # the feature the initial mean ranks by ("" = none)
     per_generation: int = 0             # > 0: each generation scores a fresh seeded subset of this many
                                         # probes (the same for every candidate); 0: all, every generation
+    search: str = "full"                # "full": all scorer parameters; "skip": only the linear skip over
+                                        # the non-periodic features (BAM/MLP output fixed at 0), see search_space
 
     def same_run(self, other: "EvolveConfig") -> bool:
         """Everything but the number of generations (and workers) must match to resume."""
@@ -75,6 +77,40 @@ def _fitness(job: tuple[np.ndarray, list[int]]) -> tuple[float, list[float]]:
     r = retention(w["engine"], [w["probes"][i] for i in subset], [w["reference"][i] for i in subset],
                   NAMM(BackwardAttentionMemory.from_vector(theta)), w["budget"])
     return float(np.mean(r)), r
+
+
+SEARCH_SPACES = ("full", "skip")
+
+
+def search_space(cfg: EvolveConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the full starting vector, the indices CMA-ES moves or None for all of them).
+
+    "skip" searches 8 numbers instead of 1,054: the skip weights of the attention-mass EMAs, the mean
+    mass per query, log age and log position. The sinusoids of age stay 0 (with fixed prompt lengths
+    they can encode where the training needles sit) and so does the network's output weight w2, so the
+    scorer is a linear ranking of the features. CMA-ES needs on the order of 10 x dimension
+    evaluations per step of real progress; 1,054 dimensions with ~150 evaluations per run never
+    left the prior (docs/NAMM.md)."""
+    from runtime.eviction.namm import FEATURES
+    if cfg.search not in SEARCH_SPACES:
+        raise ValueError(f"search {cfg.search!r} is unknown; accepted: {', '.join(SEARCH_SPACES)}")
+    x0 = initial_vector(cfg.seed, cfg.prior or None)
+    if cfg.search == "full":
+        return x0, None
+    shapes = BackwardAttentionMemory.SHAPES
+    offset = {name: sum(int(np.prod(shapes[m])) for m in list(shapes)[:i]) for i, name in enumerate(shapes)}
+    x0[offset["w2"]:offset["w2"] + int(np.prod(shapes["w2"]))] = 0.0
+    skip = [offset["w_skip"] + i for i, f in enumerate(FEATURES) if "_age_" not in f]
+    return x0, np.array(skip)
+
+
+def expand(base: np.ndarray, index: np.ndarray | None, z) -> np.ndarray:
+    """The full scorer vector of a point of the search space."""
+    if index is None:
+        return np.asarray(z, np.float32)
+    theta = base.copy()
+    theta[index] = z
+    return theta
 
 
 def probes_of_generation(cfg: EvolveConfig, n_probes: int, generation: int) -> list[int]:
@@ -130,11 +166,12 @@ def _start(cfg: EvolveConfig, log) -> dict:
         reference[i::cfg.workers] = part
     log(f"[evolve] {len(probes)} probes ({', '.join(cfg.tasks)} on {', '.join(cfg.haystacks)}, ~{cfg.length} tokens); "
         f"full-cache answer log-prob {np.mean(reference):.3f}/token ({time.time() - t0:.0f} s)")
-    x0 = initial_vector(cfg.seed, cfg.prior or None)
+    base, index = search_space(cfg)
+    x0 = base if index is None else base[index]
     es = cma.CMAEvolutionStrategy(x0, cfg.sigma0, {"seed": cfg.seed + 1, "popsize": cfg.popsize,
                                                    "CMA_diagonal": True, "verbose": -9})
     return {"config": cfg, "es": es, "generation": 0, "probes": probes, "reference": reference, "history": [],
-            "best_mean": (-np.inf, x0), "rng": np.random.get_state(), "seconds": 0.0}
+            "best_mean": (-np.inf, base), "rng": np.random.get_state(), "seconds": 0.0}
 
 
 def evolve(cfg: EvolveConfig, out: str | Path, log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
@@ -154,14 +191,16 @@ def evolve(cfg: EvolveConfig, out: str | Path, log=lambda s: print(s, file=sys.s
     es = state["es"]
     if state["generation"] >= cfg.generations:
         return state
+    base, index = search_space(cfg)
     with _pool(cfg, state["probes"], state["reference"]) as pool:
         while state["generation"] < cfg.generations:
             t0 = time.time()
             np.random.set_state(state["rng"])
-            mean = np.array(es.mean, copy=True)
+            mean = expand(base, index, es.mean)
             population = es.ask()
             subset = probes_of_generation(cfg, len(state["probes"]), state["generation"])
-            results = list(pool.map(_fitness, [(theta, subset) for theta in population + [mean]]))
+            thetas = [expand(base, index, z) for z in population] + [mean]
+            results = list(pool.map(_fitness, [(theta, subset) for theta in thetas]))
             fitness = [f for f, _ in results[:-1]]
             mean_fitness, mean_per_probe = results[-1]
             es.tell(population, [-f for f in fitness])

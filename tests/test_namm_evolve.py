@@ -78,3 +78,23 @@ def test_per_generation_subsets_are_seeded_and_shared_by_the_population(tiny_pac
     assert all(len(s) == 2 for s in subsets) and len({tuple(s) for s in subsets}) > 1
     assert subsets == [probes_of_generation(cfg, 6, g) for g in range(3)]        # a resume draws the same
     assert all(len(row["mean_per_probe"]) == 2 for row in state["history"])
+
+
+def test_skip_search_moves_only_the_linear_skip_and_improves(tiny_package, tmp_path):
+    from evolve.cma_es import expand, search_space
+    from runtime.eviction.namm import FEATURES, BackwardAttentionMemory
+    cfg = EvolveConfig(package=str(tiny_package), budget=0.25, generations=5, search="skip",
+                       **{**SMALL, "prior": "log_mass_ema16"})
+    base, index = search_space(cfg)
+    assert len(index) == len([f for f in FEATURES if "_age_" not in f]) == 8
+    scorer = BackwardAttentionMemory.from_vector(expand(base, index, np.arange(8, dtype=np.float32)))
+    assert not scorer.w2.any()                                       # the network's output is off
+    assert list(scorer.w_skip[[FEATURES.index(f) for f in FEATURES if "_age_" not in f]]) == list(range(8))
+    assert not scorer.w_skip[[FEATURES.index(f) for f in FEATURES if "_age_" in f]].any()
+    state = evolve(cfg, tmp_path / "run", log=lambda s: None)
+    means = [row["mean_fitness"] for row in state["history"]]
+    assert state["best_mean"][0] > means[0], means
+    moved = BackwardAttentionMemory.from_vector(state["best_mean"][1])
+    assert np.array_equal(moved.We, BackwardAttentionMemory.from_vector(base).We)   # untouched outside the skip
+    with pytest.raises(ValueError, match="'bogus' is unknown; accepted: full, skip"):
+        search_space(EvolveConfig(package="", search="bogus"))
