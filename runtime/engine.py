@@ -23,7 +23,8 @@ from runtime.detokenizer import StreamingDetokenizer
 from runtime.events import GenerationEvent, KVStats
 from runtime.eviction import make_policy
 from runtime.kv_cache import EvictionConfig, KVCache, parse_budget
-from runtime.sampling import SamplingParams, make_rng, sample
+from runtime.lookup import PromptLookup
+from runtime.sampling import SamplingParams, accept_or_resample, make_rng, sample
 from runtime.session import open_session
 from runtime.stops import StopMatcher
 from slm.errors import PackageError, PromptTooLongError, SlmError
@@ -40,12 +41,15 @@ DEFAULT_CAPACITY = 4096  # KV slots when no budget is given (the model's context
 class Engine:
     def __init__(self, package: str | Path, *, provider: str = "auto", threads: int | None = None,
                  kv_budget: str | int | None = None, kv_policy: str = "none", evict_chunk: int | None = None,
-                 keep_recent: int | None = None, protect_chat: bool = True, prefill_chunk: int | None = None):
+                 keep_recent: int | None = None, protect_chat: bool = True, prefill_chunk: int | None = None,
+                 lookup: int = 0):
         """kv_budget: tokens or bytes ("16MiB"); kv_policy: see runtime.eviction.POLICIES.
         evict_chunk: slots freed per eviction (default 1/8 of the budget); keep_recent: newest tokens
         never evicted (default 1/8 of the budget); protect_chat: never evict the system prompt and the
         current user turn; prefill_chunk: tokens per prefill call (default PREFILL_CHUNK, or
-        STATS_PREFILL_CHUNK when the policy reads attention statistics)."""
+        STATS_PREFILL_CHUNK when the policy reads attention statistics); lookup: tokens drafted per
+        step by prompt lookup decoding (runtime.lookup; 0 = off): same output, fewer graph calls
+        where the reply repeats its context."""
         self.path = Path(package)
         self.manifest = read_manifest(self.path)
         m = self.manifest
@@ -79,6 +83,11 @@ class Engine:
                                    ("keep_recent", keep_recent, 0)):
             if value is not None and value < least:
                 raise SlmError(f"{name}={value} must be at least {least} token{'s' * (least != 1)} (or omitted for the default)")
+        if lookup < 0 or (lookup and self.stats_outputs):
+            raise SlmError(f"lookup={lookup} needs 0 (off) or a draft length >= 1 with a KV policy that reads no "
+                           f"attention statistics (none, streaming, knorm); kv_policy is {kv_policy!r}"
+                           if lookup > 0 else f"lookup={lookup} must be 0 (off) or a draft length >= 1")
+        self.lookup = PromptLookup(max_draft=lookup) if lookup else None
         self.prefill_chunk = prefill_chunk or (STATS_PREFILL_CHUNK if self.stats_outputs else PREFILL_CHUNK)
         self.device = "cuda" if self.provider == "cuda" else "cpu"
         self.eos_ids = frozenset(m.eos_token_ids)
@@ -130,7 +139,6 @@ class Engine:
         """Feed `ids` after what the cache holds, in chunks, evicting to stay within the budget;
         return the last position's logits (vocab,), or None when `cancel` was set between chunks
         (the cache then holds the chunks fed so far, consistently with its history)."""
-        io = self.manifest.io
         out = np.zeros((1, 1, self.manifest.dims.vocab_size), np.float32)
         eviction = eviction or self.eviction_for(cache)
         # a chunk leaves room to evict around it
@@ -138,23 +146,33 @@ class Engine:
         for start in range(0, len(ids), step):
             if cancel is not None and cancel.is_set():
                 return None
-            chunk = ids[start:start + step]
-            n = len(chunk)
-            self._make_room(cache, n, eviction)
-            binding = self.session.io_binding()
-            binding.bind_cpu_input(io.input_ids, np.array([chunk], np.int64))
-            binding.bind_cpu_input(io.position_ids, np.arange(cache.next_position, cache.next_position + n, dtype=np.int64)[None])
-            binding.bind_cpu_input(io.seqlens_k, np.array([cache.length + n - 1], np.int32))
-            binding.bind_cpu_input(io.total_sequence_length, np.array(cache.length + n, np.int32))
-            binding.bind_cpu_input(io.num_logits_to_keep, np.array(1, np.int64))
-            self._bind(cache, binding)
-            binding.bind_ortvalue_output(io.logits, ort.OrtValue.ortvalue_from_numpy(out))
-            self.session.run_with_iobinding(binding)
-            cache.append(n)
-            cache.history.extend(chunk)
-            if self.stats_outputs:
-                cache.observe(n)
+            self._feed(cache, ids[start:start + step], eviction, out)
         return out[0, 0]
+
+    def verify(self, cache: KVCache, ids: list[int], eviction: EvictionConfig | None = None) -> np.ndarray:
+        """Feed `ids` in one call; return the logits after each of them (len(ids), vocab)."""
+        out = np.zeros((1, len(ids), self.manifest.dims.vocab_size), np.float32)
+        self._feed(cache, ids, eviction or self.eviction_for(cache), out)
+        return out[0]
+
+    def _feed(self, cache: KVCache, chunk: list[int], eviction: EvictionConfig, out: np.ndarray) -> None:
+        """One graph call on `chunk` after what the cache holds; the logits of its last out.shape[1]
+        positions land in `out`."""
+        io, n = self.manifest.io, len(chunk)
+        self._make_room(cache, n, eviction)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(io.input_ids, np.array([chunk], np.int64))
+        binding.bind_cpu_input(io.position_ids, np.arange(cache.next_position, cache.next_position + n, dtype=np.int64)[None])
+        binding.bind_cpu_input(io.seqlens_k, np.array([cache.length + n - 1], np.int32))
+        binding.bind_cpu_input(io.total_sequence_length, np.array(cache.length + n, np.int32))
+        binding.bind_cpu_input(io.num_logits_to_keep, np.array(out.shape[1], np.int64))
+        self._bind(cache, binding)
+        binding.bind_ortvalue_output(io.logits, ort.OrtValue.ortvalue_from_numpy(out))
+        self.session.run_with_iobinding(binding)
+        cache.append(n)
+        cache.history.extend(chunk)
+        if self.stats_outputs:
+            cache.observe(n)
 
     def decode_step(self, cache: KVCache, token: int, eviction: EvictionConfig | None = None) -> np.ndarray:
         """Feed one token; return its logits (vocab,). The step's inputs live in fixed numpy arrays
@@ -220,35 +238,63 @@ class Engine:
                                   generated_tokens=0, ttft_s=0.0, tokens_per_s=0.0, kv=self.kv_stats(cache))
             return
         rng = make_rng(params)
-        seen = np.zeros(len(ids) + max_tokens, np.int64) if params.repetition_penalty != 1.0 else None
-        if seen is not None:
-            seen[:len(ids)] = ids
+        tokens = np.zeros(len(ids) + max_tokens, np.int64)     # the prompt, then the reply
+        tokens[:len(ids)] = ids
+        penalty = params.repetition_penalty != 1.0
         detok, stops = StreamingDetokenizer(self.tokenizer), StopMatcher(stop)
         ttft, t_first, n, finish = 0.0, 0.0, 0, None
+        chosen = [sample(logits, params, rng, tokens[:len(ids)] if penalty else None)]
+        draft_len = self.lookup.max_draft if self.lookup else 0
         while True:
-            token = sample(logits, params, rng, None if seen is None else seen[:len(ids) + n])
-            n += 1
-            now = time.perf_counter()
-            if n == 1:
-                ttft, t_first = now - t0, now
-            tps = (n - 1) / (now - t_first) if n > 1 and now > t_first else 0.0
-            if token in eos_ids:
-                text, finish = stops.flush(detok.flush()), "stop"
-            else:
-                text, hit = stops.feed(detok.add(token))
-                if hit:
-                    finish = "stop"
-                elif n >= max_tokens or (bounded and cache.length + 1 > limit):
-                    text, finish = text + stops.flush(detok.flush()), "length"
-                elif cancel is not None and cancel.is_set():
-                    text, finish = text + stops.flush(detok.flush()), "cancelled"
-            yield GenerationEvent(text=text, token=token, finish_reason=finish, prompt_tokens=len(ids),
-                                  generated_tokens=n, ttft_s=ttft, tokens_per_s=tps, kv=self.kv_stats(cache))
-            if finish:
-                return
-            if seen is not None:
-                seen[len(ids) + n - 1] = token
-            logits = self.decode_step(cache, token, eviction)
+            for token in chosen:     # one token, or with prompt lookup several: each is its own event
+                n += 1
+                now = time.perf_counter()
+                if n == 1:
+                    ttft, t_first = now - t0, now
+                tps = (n - 1) / (now - t_first) if n > 1 and now > t_first else 0.0
+                if token in eos_ids:
+                    text, finish = stops.flush(detok.flush()), "stop"
+                else:
+                    text, hit = stops.feed(detok.add(token))
+                    if hit:
+                        finish = "stop"
+                    elif n >= max_tokens or (bounded and cache.length + 1 > limit):
+                        text, finish = text + stops.flush(detok.flush()), "length"
+                    elif cancel is not None and cancel.is_set():
+                        text, finish = text + stops.flush(detok.flush()), "cancelled"
+                yield GenerationEvent(text=text, token=token, finish_reason=finish, prompt_tokens=len(ids),
+                                      generated_tokens=n, ttft_s=ttft, tokens_per_s=tps, kv=self.kv_stats(cache))
+                if finish:
+                    return
+                tokens[len(ids) + n - 1] = token
+            room = limit - cache.length - 2 if bounded else cache.capacity // 4 - 1
+            chosen, drafted = self._advance(cache, tokens[:len(ids) + n], eviction, params, rng, penalty,
+                                            min(room, draft_len))
+            if drafted:   # Hugging Face's assisted-generation schedule: +2 after a full hit, -1 after a miss
+                draft_len = min(draft_len + 2, self.lookup.max_draft) if len(chosen) > drafted else max(1, draft_len - 1)
+
+    def _advance(self, cache: KVCache, tokens: np.ndarray, eviction: EvictionConfig, params: SamplingParams,
+                 rng: np.random.Generator, penalty: bool, room: int) -> tuple[list[int], int]:
+        """Feed the last chosen token (tokens[-1]) and choose what follows: one token, or with prompt
+        lookup the drafted tokens the model agrees with plus the one after them. At most `room`
+        drafted tokens, so every chosen token but the last is in the cache. Returns (chosen, drafted)."""
+        draft = self.lookup.draft(tokens)[:max(0, room)] if self.lookup else []
+        if not draft:
+            return [sample(self.decode_step(cache, int(tokens[-1]), eviction), params, rng, tokens if penalty else None)], 0
+        rows = self.verify(cache, [int(tokens[-1])] + draft, eviction)
+        seen = np.concatenate([tokens, draft]) if penalty else None
+        chosen = []
+        for i, row in enumerate(rows):       # row i: what follows the draft's first i tokens
+            context = seen[:len(tokens) + i] if penalty else None
+            token = accept_or_resample(row, params, rng, context, draft[i]) if i < len(draft) else \
+                sample(row, params, rng, context)
+            chosen.append(token)
+            if i == len(draft) or token != draft[i]:
+                break
+        rejected = len(draft) - (len(chosen) - 1)
+        if not cache.rewind(len(cache.history) - rejected):
+            raise RuntimeError("prompt lookup: the rejected draft tokens could not be rewound")
+        return chosen, len(draft)
 
     @staticmethod
     def _reuse_or_reset(cache: KVCache, ids: list[int]) -> None:

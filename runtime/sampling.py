@@ -125,6 +125,25 @@ def categorical(ids: np.ndarray, logits: np.ndarray, rng: np.random.Generator) -
     return int(ids[min(i, len(ids) - 1)])
 
 
+def candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """The ids a non-greedy draw chooses from and their tempered, filtered logits."""
+    ids = np.arange(len(logits))
+    logits = (logits.astype(np.float64) - logits.max()) / params.temperature  # shifted: a tiny temperature must not overflow
+    if params.top_k:
+        ids, logits = top_k_filter(ids, logits, params.top_k)
+    if params.top_p < 1.0:
+        ids, logits = top_p_filter(ids, logits, params.top_p)
+    if params.min_p > 0.0:
+        ids, logits = min_p_filter(ids, logits, params.min_p)
+    return ids, logits
+
+
+def _penalised(logits: np.ndarray, params: SamplingParams, seen: np.ndarray | None) -> np.ndarray:
+    if params.repetition_penalty != 1.0 and seen is not None and len(seen):
+        return apply_repetition_penalty(logits, np.asarray(seen, dtype=np.intp), params.repetition_penalty)
+    return logits
+
+
 def sample(
     logits: np.ndarray,
     params: SamplingParams,
@@ -136,16 +155,28 @@ def sample(
     `seen` holds the ids the repetition penalty applies to (e.g. prompt and generated tokens).
     The input array is never modified.
     """
-    if params.repetition_penalty != 1.0 and seen is not None and len(seen):
-        logits = apply_repetition_penalty(logits, np.asarray(seen, dtype=np.intp), params.repetition_penalty)
+    logits = _penalised(logits, params, seen)
     if params.greedy:
         return int(np.argmax(logits))
-    ids = np.arange(len(logits))
-    logits = (logits.astype(np.float64) - logits.max()) / params.temperature  # shifted: a tiny temperature must not overflow
-    if params.top_k:
-        ids, logits = top_k_filter(ids, logits, params.top_k)
-    if params.top_p < 1.0:
-        ids, logits = top_p_filter(ids, logits, params.top_p)
-    if params.min_p > 0.0:
-        ids, logits = min_p_filter(ids, logits, params.min_p)
-    return categorical(ids, logits, rng)
+    return categorical(*candidates(logits, params), rng)
+
+
+def accept_or_resample(
+    logits: np.ndarray,
+    params: SamplingParams,
+    rng: np.random.Generator,
+    seen: np.ndarray | None,
+    draft: int,
+) -> int:
+    """Speculative sampling for a drafted token (Leviathan et al. 2023, "Fast Inference from
+    Transformers via Speculative Decoding", arXiv:2211.17192; a draft that is one fixed token):
+    keep `draft` with probability p(draft), else draw from p with `draft` removed. The result is
+    distributed exactly as `sample`'s; greedy returns the argmax, as `sample` does."""
+    logits = _penalised(logits, params, seen)
+    if params.greedy:
+        return int(np.argmax(logits))
+    ids, z = candidates(logits, params)
+    hit = ids == draft
+    if rng.random() < float(_softmax(z)[hit].sum()):
+        return int(draft)
+    return categorical(ids[~hit], z[~hit], rng)

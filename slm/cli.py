@@ -21,13 +21,18 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                    help="slots freed per eviction (default: 1/8 of the budget)")
     p.add_argument("--keep-recent", type=int, default=None, metavar="TOKENS",
                    help="newest tokens never evicted (default: 1/8 of the budget)")
+    p.add_argument("--lookup", type=int, default=0, metavar="TOKENS",
+                   help="prompt lookup decoding: draft up to this many tokens from the conversation per step "
+                        "(0 = off; same output, faster where replies repeat their context; policies none, "
+                        "streaming, knorm)")
 
 
 def _open_engine(package, args: argparse.Namespace):
     from runtime import Engine
 
     return Engine(package, provider=args.provider, threads=args.threads, kv_budget=args.kv_budget,
-                  kv_policy=args.kv_policy, evict_chunk=args.evict_chunk, keep_recent=args.keep_recent)
+                  kv_policy=args.kv_policy, evict_chunk=args.evict_chunk, keep_recent=args.keep_recent,
+                  lookup=args.lookup)
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
