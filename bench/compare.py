@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +47,7 @@ class System:
     model: str          # package folder, GGUF file, ONNX folder or HF folder
     weights: str        # what the weights are, in words
     prepare: dict | None = None     # the job that builds `model`, run by the same peer: {"model": .., "variant": ..}
+    options: dict = field(default_factory=dict)     # extra settings of the speed job, e.g. {"lookup": 8}
 
     @property
     def python(self) -> Path:
@@ -79,8 +80,8 @@ def systems() -> list[System]:
     b, pk, gguf = bench_dir(), cache_dir(), str(default_gguf())
     hf = str(b / "smollm2-135m-instruct-hf")
 
-    def slm(name, folder, weights, variant, source=gguf):
-        return System(name, "slm_engine", "main", str(folder), weights, {"model": source, "variant": variant})
+    def slm(name, folder, weights, variant, source=gguf, **options):
+        return System(name, "slm_engine", "main", str(folder), weights, {"model": source, "variant": variant}, options)
 
     return [
         slm("slm int4", default_package(), "GGUF Q4_1 blocks carried (embedding Q8_0), accuracy_level 4", "gguf:4"),
@@ -96,6 +97,12 @@ def systems() -> list[System]:
                "Q8_0 requantised from the Q4_1 GGUF by llama.cpp", {"model": gguf, "variant": "Q8_0"}),
         slm("slm Q4_0", pk / "bench-gguf-q4_0", "the llama.cpp Q4_0 GGUF's blocks carried, accuracy_level 4", "gguf:4",
             source=str(b / "smollm2-135m-instruct-Q4_0.gguf")),
+        # prompt lookup decoding (speculative, drafts from the context; greedy output as without it):
+        # slm's Engine(lookup=8) and llama-cpp-python's LlamaPromptLookupDecoding(num_pred_tokens=8)
+        slm("slm int4 +lookup", default_package(), "as slm int4; prompt lookup decoding, up to 8 drafted tokens", "gguf:4",
+            lookup=8),
+        System("llama.cpp Q4_1 +lookup", "llamacpp", "llamacpp", gguf,
+               "the shipped GGUF; LlamaPromptLookupDecoding(num_pred_tokens=8)", options={"lookup": 8}),
         System("optimum fp32", "optimum_ort", "optimum", str(b / "optimum-fp32"), "its ONNX export, fp32", {"model": hf, "variant": "fp32"}),
         System("transformers fp32", "hf_eager", "main", hf, "fp32, eager attention"),
     ]
@@ -175,7 +182,7 @@ def measure(chosen: list[System], prompt_lens: list[int], new_tokens: int, threa
             k = (r * 3 + n) % len(chosen)                      # rotate the order every repeat and length
             for s in chosen[k:] + chosen[:k]:
                 res = run_peer(s, {"mode": "speed", "ids": ids, "new_tokens": new_tokens, "threads": threads,
-                                   "ctx": context_for(n, new_tokens)})
+                                   "ctx": context_for(n, new_tokens), **s.options})
                 res.update(system=s.name, prompt_len=n, repeat=r)
                 rows.append(res)
                 what = res.get("error") or f"{res['decode_tps']:.1f} tok/s, TTFT {res['ttft_s']:.3f} s, {res['peak_rss_mib']:.0f} MiB"

@@ -36,6 +36,7 @@ def _corrupt(tmp_path, tiny_package):
     (lambda t, p: ["--model", str(p), "--provider", "cuda"], "--provider cuda"),
     (lambda t, p: ["--model", str(p), "--kv-budget", "12parsecs"], "not understood"),
     (lambda t, p: ["--model", str(p), "--kv-policy", "streaming", "--evict-chunk", "0"], "evict_chunk=0 must be at least 1"),
+    (lambda t, p: ["--model", str(p), "--kv-policy", "tova", "--lookup", "4"], "kv_policy is 'tova'"),
 ])
 def test_user_errors_are_one_line(tmp_path, tiny_package, make_args, message):
     out = slm("generate", "word " * 60, *make_args(tmp_path, tiny_package))

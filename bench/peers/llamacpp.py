@@ -11,11 +11,13 @@ import time
 from common import TokenClock, main, nll
 
 
-def _llama(path: str, threads: int, ctx: int, logits_all: bool = False):
+def _llama(path: str, threads: int, ctx: int, logits_all: bool = False, lookup: int = 0):
     from llama_cpp import Llama
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
+    draft = LlamaPromptLookupDecoding(num_pred_tokens=lookup) if lookup else None
     return Llama(model_path=path, n_ctx=ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
-                 logits_all=logits_all, verbose=False)
+                 logits_all=logits_all, draft_model=draft, verbose=False)
 
 
 def _greedy(llm, ids: list[int], n: int, clock: TokenClock | None = None) -> list[int]:
@@ -34,7 +36,7 @@ def speed(job: dict) -> dict:
     import llama_cpp
 
     t = time.perf_counter()
-    llm = _llama(job["model"], job["threads"], job["ctx"])
+    llm = _llama(job["model"], job["threads"], job["ctx"], lookup=job.get("lookup", 0))
     load_s = time.perf_counter() - t
     _greedy(llm, [1, 2], 4)
     clock = TokenClock()

@@ -18,7 +18,7 @@ def speed(job: dict) -> dict:
     import onnxruntime
 
     t = time.perf_counter()
-    engine = Engine(job["model"], threads=job["threads"], kv_budget=job["ctx"])
+    engine = Engine(job["model"], threads=job["threads"], kv_budget=job["ctx"], lookup=job.get("lookup", 0))
     load_s = time.perf_counter() - t
     prompt = engine.tokenizer.decode(job["ids"], skip_special_tokens=False)
     list(engine.generate("warm up", raw=True, max_tokens=4, cache=engine.new_cache()))
