@@ -16,8 +16,9 @@ def _llama(path: str, threads: int, ctx: int, logits_all: bool = False, lookup: 
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
     draft = LlamaPromptLookupDecoding(num_pred_tokens=lookup) if lookup else None
+    # llama-cpp-python verifies drafts from its per-position scores, which need logits_all
     return Llama(model_path=path, n_ctx=ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
-                 logits_all=logits_all, draft_model=draft, verbose=False)
+                 logits_all=logits_all or bool(lookup), draft_model=draft, verbose=False)
 
 
 def _greedy(llm, ids: list[int], n: int, clock: TokenClock | None = None) -> list[int]:
