@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-generation", type=int, default=d.per_generation,
                    help="score each generation on a fresh seeded subset of this many probes (0 = all; "
                         "with a larger --samples pool this fights overfitting to fixed instances)")
+    p.add_argument("--fitness", default=d.fitness, choices=["retention", "log_retention"],
+                   help="per-candidate score: mean retention of the answer's likelihood, or its mean log (floored "
+                        "at 1%%: every probe counts, not the few that keep their answer)")
     p.add_argument("--search", default=d.search, choices=["full", "skip"],
                    help="what CMA-ES moves: every scorer parameter (full), or only the linear skip over the "
                         "non-periodic features (skip: 8 numbers, converges in a few hundred evaluations)")
@@ -70,7 +73,7 @@ def run(args) -> int:
     cfg = EvolveConfig(package=package, budget=args.budget, generations=args.generations, popsize=args.popsize,
                        sigma0=args.sigma0, seed=args.seed, workers=args.workers, tasks=tuple(args.tasks),
                        haystacks=tuple(args.haystacks), length=args.length, samples=args.samples, prior=args.prior,
-                       per_generation=args.per_generation, search=args.search)
+                       per_generation=args.per_generation, search=args.search, fitness=args.fitness)
     out = Path(args.out or Path("runs") / "evolve" / Path(package).name)
     state = evolve(cfg, out)
     fitness, theta = state["best_mean"]

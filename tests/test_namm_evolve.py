@@ -98,3 +98,14 @@ def test_skip_search_moves_only_the_linear_skip_and_improves(tiny_package, tmp_p
     assert np.array_equal(moved.We, BackwardAttentionMemory.from_vector(base).We)   # untouched outside the skip
     with pytest.raises(ValueError, match="'bogus' is unknown; accepted: full, skip"):
         search_space(EvolveConfig(package="", search="bogus"))
+
+
+def test_log_retention_fitness_counts_every_probe():
+    from evolve.cma_es import aggregate
+    # under the mean, one probe that keeps its answer outweighs broad retention on all three; not under the mean log
+    broad, lucky = [0.2, 0.2, 0.2], [1.0, 0.05, 0.05]
+    assert aggregate(lucky, "retention") > aggregate(broad, "retention")
+    assert aggregate(broad, "log_retention") > aggregate(lucky, "log_retention")
+    assert aggregate([0.0, 1.0], "log_retention") == pytest.approx(np.log(0.01) / 2)      # floored, finite
+    with pytest.raises(ValueError, match="'best' is unknown; accepted: retention, log_retention"):
+        aggregate([1.0], "best")
