@@ -45,6 +45,9 @@ def inputs(n_text: int, window: int, n_windows: int) -> tuple[list[list[int]], l
     engine = Engine(default_package(), threads=1)
     text = HAYSTACK.read_text()
     tok = engine.tokenizer
+    room = (len(text) - HELD_OUT_CHARS - PROMPT_OFFSET - 2_000) // 20_000 + 1
+    if n_text > room:
+        raise SystemExit(f"--text-prompts {n_text}: the haystack holds {room} prompts before the held-out text")
     prompts = [tok.encode(text[PROMPT_OFFSET + 20_000 * i:PROMPT_OFFSET + 20_000 * i + 2_000],
                           add_special_tokens=False).ids[:128] for i in range(n_text)]
     prompts += [engine.encode(q) for q in CHAT]

@@ -16,8 +16,8 @@ import numpy as np
 
 from export.architectures import float_weights, rotary_tables, spec_of
 from export.graph import build_graph
-from export.quantize import quantize_rtn
-from slm.errors import SourceError
+from export.quantize import NBitsWeight, quantize_rtn
+from slm.errors import SlmError, SourceError
 from slm.package import (Dimensions, KVLayout, Manifest, QUANT_MODES, Quantization, Rope, read_manifest,
                          write_manifest)
 from slm.sources import Source, load_model, resolve_source
@@ -81,7 +81,8 @@ def _fine_tuned_from_gguf(src) -> str | None:
 
 def build_package(source: str | Source | None, out: str | Path, *, quant: str | None = None,
                   accuracy_level: int = 4, block_size: int = 32, max_positions: int | None = None,
-                  attention_stats: bool = True, model=None, tokenizer=None, overwrite: bool = True) -> Manifest:
+                  attention_stats: bool = True, model=None, tokenizer=None, overwrite: bool = True,
+                  head_topk: int = 0) -> Manifest:
     """Export `source` into the package folder `out`. `quant=None` picks "gguf" for a GGUF source
     (its own blocks carried over) and "int4" otherwise. `model`/`tokenizer` skip loading (tests)."""
     t0 = time.time()
@@ -110,10 +111,16 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
     _log(f"{spec.architecture}: {spec.num_layers} layers, hidden {spec.hidden_size}, heads {spec.num_heads}/{spec.num_kv_heads}; quantising ({quant})")
     weights, qrec = quantize_weights(weights, quant, block_size=block_size,
                                      gguf_path=getattr(src, "path", None), head_dim=spec.head_dim)
-    qrec = Quantization(**{**qrec.__dict__, "accuracy_level": accuracy_level if qrec.bits else 0})
+    if head_topk and not (spec.tied_embeddings and isinstance(weights["model.embed_tokens.weight"], NBitsWeight)):
+        raise SlmError(f"--head-topk {head_topk} needs a tied head stored as 8-bit blocks (quant gguf, int4 or int8 "
+                       f"of a model with tied embeddings); this export is quant {quant!r}, tied={spec.tied_embeddings}")
+    if head_topk < 0 or head_topk > spec.vocab_size:
+        raise SlmError(f"--head-topk {head_topk} must be 0 (off) or between 1 and the vocabulary ({spec.vocab_size})")
+    qrec = Quantization(**{**qrec.__dict__, "accuracy_level": accuracy_level if qrec.bits else 0, "head_topk": head_topk})
     kv_dtype = "float16" if quant == "fp16" else "float32"
     _log("building the graph")
-    onnx_model, io, kv = build_graph(spec, weights, rope, kv_dtype=kv_dtype, accuracy_level=accuracy_level)
+    onnx_model, io, kv = build_graph(spec, weights, rope, kv_dtype=kv_dtype, accuracy_level=accuracy_level,
+                                     head_topk=head_topk)
     out = Path(out)
     if out.exists() and overwrite:
         shutil.rmtree(out)
@@ -121,7 +128,7 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
     if attention_stats:
         _log("building the attention-statistics graph (for attention-based KV eviction)")
         attn_model, io, _ = build_graph(spec, weights, rope, kv_dtype=kv_dtype, accuracy_level=accuracy_level,
-                                        attention_stats=True)
+                                        attention_stats=True, head_topk=head_topk)
         _save_pair(onnx_model, attn_model, out)
     else:
         _save_onnx(onnx_model, out / "model.onnx")

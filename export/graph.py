@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.quantize import NBitsWeight, concat_rows, quantize_rtn
+from export.quantize import NBitsWeight, concat_rows, quantize_rtn, quantize_symmetric
 from slm.package import GraphIO
 
 OPSET = 21
@@ -128,6 +128,26 @@ def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, a
     return y if bias is None else g.op("Add", [y, g.init(f"{name}.bias", bias)])
 
 
+def topk_rescored_head(g: Graph, h: str, table: NBitsWeight, k: int, accuracy_level: int, H: int) -> str:
+    """A tied head read at 4 bits, its top k logits recomputed exactly from the 8-bit table.
+
+        h ─► MatMulNBits(4-bit symmetric copy of the table) ─► approx (B, S, V) ─► TopK k ─► ids
+        ids ─► GatherBlockQuantized(8-bit table) ─► rows (B, S, k, H) ─► rows . h (fp32) ─► exact
+        logits = approx with exact scattered over the top k
+
+    A decode step reads the head's 4-bit bytes (half of the 8-bit ones) plus k rows; the argmax
+    and the likely tokens carry the 8-bit table's logits with fp32 activations, the tail the 4-bit ones.
+    """
+    approx = linear(g, h, quantize_symmetric(table.dequantize(), 4, table.block_size), "head4", None, accuracy_level)
+    _, ids = g.op("TopK", [approx, g.init("head_topk/k", np.array([k], np.int64))], n_out=2, axis=-1)
+    rows = g.op("GatherBlockQuantized", ["embed.qweight", ids, "embed.scales3d", "embed.zero_points3d"],
+                domain=MS, gather_axis=0, quantize_axis=2, block_size=table.block_size, bits=8)
+    rows = g.op("Reshape", [rows, g.init("head_topk/rows", np.array([0, 0, k, H], np.int64))])
+    h4 = g.op("Unsqueeze", [h, g.init("axes/2", np.array([2], np.int64))])                 # (B, S, 1, H)
+    exact = g.op("ReduceSum", [g.op("Mul", [rows, h4]), g.init("axes/-1", np.array([-1], np.int64))], keepdims=0)
+    return g.op("ScatterElements", [approx, ids, exact], axis=-1)
+
+
 def fuse(weights: list, biases: list):
     """One projection for several (QKV, gate/up) when their storage agrees, else None."""
     if all(isinstance(w, NBitsWeight) for w in weights):
@@ -157,7 +177,7 @@ def head_rms_norm(g: Graph, x: str, gamma: str, eps: float, heads: int, head_dim
 
 def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.ndarray]], *,
                 kv_dtype: str = "float32", accuracy_level: int = 0,
-                attention_stats: bool = False) -> tuple[onnx.ModelProto, GraphIO, dict]:
+                attention_stats: bool = False, head_topk: int = 0) -> tuple[onnx.ModelProto, GraphIO, dict]:
     """weights: HF names -> float array (torch layout) or NBitsWeight; rope: key -> (cos, sin) (P, hd/2).
 
     Returns the model, its IO names, and the KV tensor names per layer.
@@ -288,6 +308,8 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
         logits = g.op("Reshape", [logits, g.op("Concat", [g.op("Slice", [g.op("Shape", [h]), g.init("s0", np.array([0], np.int64)),
                                                                            g.init("s2", np.array([2], np.int64))]),
                                                           g.init("vocab", np.array([spec.vocab_size], np.int64))], axis=0)])
+    elif head_topk and head is table and isinstance(table, NBitsWeight):
+        logits = topk_rescored_head(g, h, table, head_topk, accuracy_level, H)
     else:
         logits = linear(g, h, head, "embed" if head is table else "lm_head", None, accuracy_level)
     if spec.final_logit_softcap:

@@ -93,6 +93,19 @@ def quantize_rtn(w: np.ndarray, bits: int, block_size: int) -> NBitsWeight:
     return NBitsWeight(q.astype(np.uint8).reshape(n, k), scale, zp, bits, block_size, "rtn")
 
 
+def quantize_symmetric(w: np.ndarray, bits: int, block_size: int) -> NBitsWeight:
+    """Symmetric round-to-nearest per block (zero point 2**(bits-1), MatMulNBits' default and fastest
+    kernel): the cheap approximate head that `head_topk` re-scores exactly."""
+    n, k = w.shape
+    half = 2 ** (bits - 1)
+    blocks = w.astype(np.float32).reshape(n, k // block_size, block_size)
+    scale = np.abs(blocks).max(-1) / (half - 1)
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    q = np.clip(np.rint(blocks / scale[..., None]) + half, 0, 2 * half - 1)
+    return NBitsWeight(q.astype(np.uint8).reshape(n, k), scale, np.full(scale.shape, float(half), np.float32),
+                       bits, block_size, "rtn-symmetric")
+
+
 # --- GGUF ------------------------------------------------------------------------------------------
 # For each GGUF type: (bits of the codes, sub-block size, how to read each sub-block's scale and offset
 # so that w = scale * code + offset). Codes then follow from gguf's own dequantisation.

@@ -87,7 +87,7 @@ def cmd_export(args) -> None:
     from export import build_package
     build_package(args.src, args.out, quant=args.quant, accuracy_level=args.accuracy_level,
                   block_size=args.block_size, max_positions=args.max_positions,
-                  attention_stats=args.attention_stats)
+                  attention_stats=args.attention_stats, head_topk=args.head_topk)
     print(args.out)
 
 
@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MatMulNBits accuracy_level (4: int8 activations, fastest on CPU; see docs/BENCHMARKS.md)")
     p.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64, 128])
     p.add_argument("--max-positions", type=int, default=None, help="rotary table length (default: min(model's, 8192))")
+    p.add_argument("--head-topk", type=int, default=0, metavar="K",
+                   help="read a tied 8-bit head at 4 bits and re-score its top K logits from the 8-bit table "
+                        "(fewer bytes per token; 0 = off; see docs/BENCHMARKS.md)")
     p.add_argument("--no-attention-stats", dest="attention_stats", action="store_false",
                    help="skip the second graph with per-layer attention mass (needed by h2o, tova, snapkv, namm)")
     p.set_defaults(func=cmd_export)

@@ -62,6 +62,7 @@ class Quantization:
     accuracy_level: int = 0     # MatMulNBits accuracy_level (4 = int8 activations on CPU)
     source: str = ""            # e.g. "gguf:Q4_1" when GGUF blocks were carried over
     notes: str = ""
+    head_topk: int = 0          # > 0: the tied head is read at 4 bits and its top k logits re-scored from the 8-bit table
 
 
 @dataclass(frozen=True)
