@@ -80,11 +80,14 @@ def systems() -> list[System]:
     b, pk, gguf = bench_dir(), cache_dir(), str(default_gguf())
     hf = str(b / "smollm2-135m-instruct-hf")
 
-    def slm(name, folder, weights, variant, source=gguf, **options):
-        return System(name, "slm_engine", "main", str(folder), weights, {"model": source, "variant": variant}, options)
+    def slm(name, folder, weights, variant, source=gguf, head_topk=0, **options):
+        prepare = {"model": source, "variant": variant, **({"head_topk": head_topk} if head_topk else {})}
+        return System(name, "slm_engine", "main", str(folder), weights, prepare, options)
 
     return [
         slm("slm int4", default_package(), "GGUF Q4_1 blocks carried (embedding Q8_0), accuracy_level 4", "gguf:4"),
+        slm("slm int4 topk", pk / "bench-gguf-topk32", "as slm int4, the tied head read at 4 bits and its top 32 logits "
+            "re-scored from the Q8_0 table (export --head-topk 32)", "gguf:4", head_topk=32),
         slm("slm int4 RTN", pk / "bench-int4-rtn", "int4 RTN block 32, float zero points on each block's min-max (side path), 8-bit embedding", "int4:4"),
         slm("slm int8", pk / "bench-int8", "int8 RTN block 32", "int8:4"),
         slm("slm fp32", pk / "smollm2-135m-instruct-fp32", "fp32", "fp32"),

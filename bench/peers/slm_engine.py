@@ -61,7 +61,8 @@ def prepare(job: dict) -> dict:
     from slm.sources import resolve_source
 
     quant, _, level = job["variant"].partition(":")
-    build_package(resolve_source(job["model"]), job["out"], quant=quant, accuracy_level=int(level or 4))
+    build_package(resolve_source(job["model"]), job["out"], quant=quant, accuracy_level=int(level or 4),
+                  head_topk=job.get("head_topk", 0))
     return {"out": job["out"]}
 
 
