@@ -117,3 +117,26 @@ def test_a_chat_continued_on_the_engines_own_cache_matches_plain_decoding(tiny_p
             messages += [{"role": "assistant", "content": text}, {"role": "user", "content": f"again {turn}"}]
         replies[lookup] = out
     assert replies[4] == replies[0]
+
+
+def test_server_with_lookup_streams_the_engines_answer_in_fewer_calls(default_gguf_package):
+    """A real uvicorn on loopback serving SmolLM2 with lookup: the streamed reply is what the same
+    engine answers directly, and the copy it makes took fewer graph calls than tokens."""
+    import httpx
+    import openai
+
+    from runtime.serve import BackgroundServer, create_app
+
+    messages = [{"role": "user", "content": "Repeat the following sentence exactly.\n\n"
+                 "The quick brown fox jumps over the lazy dog while the farmer counts his seven sheep."}]
+    direct = Engine(default_gguf_package, threads=2, lookup=8)
+    events = list(direct.generate(messages, max_tokens=40, cache=direct.new_cache()))
+    engine = Counting(default_gguf_package, threads=2, lookup=8)
+    with BackgroundServer(create_app(engine, model_id="smollm2", max_concurrent=1, max_queue=2)) as server, \
+            openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60,
+                          http_client=httpx.Client(trust_env=False)) as client:
+        chunks = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=40, temperature=0,
+                                                stream=True)
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == "".join(e.text for e in events)
+    assert engine.calls < 0.6 * len(events), (engine.calls, len(events))
