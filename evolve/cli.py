@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes (one ONNX Runtime thread each)")
     p.add_argument("--tasks", nargs="*", default=list(d.tasks), help="training task types (runtime.longctx.tasks)")
     p.add_argument("--haystacks", nargs="*", default=list(d.haystacks))
-    p.add_argument("--length", type=int, default=d.length, help="prompt tokens per probe")
+    p.add_argument("--length", type=int, nargs="+", default=list(d.lengths),
+                   help="prompt tokens per probe; several values mix prompt lengths (samples probes at each)")
     p.add_argument("--samples", type=int, default=d.samples, help="probes per (task, haystack)")
     p.add_argument("--per-generation", type=int, default=d.per_generation,
                    help="score each generation on a fresh seeded subset of this many probes (0 = all; "
@@ -47,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", default=d.search, choices=["full", "skip"],
                    help="what CMA-ES moves: every scorer parameter (full), or only the linear skip over the "
                         "non-periodic features (skip: 8 numbers, converges in a few hundred evaluations)")
-    p.add_argument("--prior", default=d.prior, help="feature the initial scorer ranks by ('' = random start)")
+    p.add_argument("--prior", default=d.prior,
+                   help="where the initial scorer ranks: a feature name, 'h2o' (accumulated attention) or '' (random)")
     p.add_argument("--out", default=None, help="run folder: checkpoint.pkl, log.jsonl (default runs/evolve/<package>)")
     p.add_argument("--no-install", action="store_true", help="do not write the scorer into the package")
 
@@ -68,11 +70,14 @@ def run(args) -> int:
     for h in args.haystacks:
         if h not in HAYSTACKS:
             raise SlmError(f"--haystacks {h!r} is unknown; accepted: {', '.join(HAYSTACKS)}")
+    from runtime.eviction.namm import PRIORS
+    if args.prior and args.prior not in PRIORS:
+        raise SlmError(f"--prior {args.prior!r} is unknown; accepted: '' (none), h2o or a feature: {', '.join(PRIORS[1:])}")
     if not 0 < args.budget < 1:
         raise SlmError(f"--budget {args.budget} must be a fraction of the prompt in (0, 1)")
     cfg = EvolveConfig(package=package, budget=args.budget, generations=args.generations, popsize=args.popsize,
                        sigma0=args.sigma0, seed=args.seed, workers=args.workers, tasks=tuple(args.tasks),
-                       haystacks=tuple(args.haystacks), length=args.length, samples=args.samples, prior=args.prior,
+                       haystacks=tuple(args.haystacks), lengths=tuple(args.length), samples=args.samples, prior=args.prior,
                        per_generation=args.per_generation, search=args.search, fitness=args.fitness)
     out = Path(args.out or Path("runs") / "evolve" / Path(package).name)
     state = evolve(cfg, out)

@@ -39,9 +39,11 @@ class EvolveConfig:
     workers: int = 2
     tasks: tuple[str, ...] = ("niah_single", "niah_multikey", "variable_tracking")
     haystacks: tuple[str, ...] = ("shakespeare",)
-    length: int = 512                   # prompt tokens
+    lengths: tuple[int, ...] = (512,)   # prompt tokens; several mix lengths, so that age and position
+                                        # features cannot encode where the training needles sit
     samples: int = 2                    # probes per (task, haystack)
-    prior: str = "log_mass_ema16"       # the feature the initial mean ranks by ("" = none)
+    prior: str = "log_mass_ema16"       # where the initial mean ranks: a feature, "h2o" (accumulated
+                                        # attention, as H2O) or "" (none); see initial_vector
     per_generation: int = 0             # > 0: each generation scores a fresh seeded subset of this many
                                         # probes (the same for every candidate); 0: all, every generation
     fitness: str = "retention"          # "retention": mean retention; "log_retention": mean log retention
@@ -175,7 +177,8 @@ def _start(cfg: EvolveConfig, log) -> dict:
 
     from evolve.probes import make_probes
     engine = _open_engine(cfg.package)
-    probes = make_probes(engine, list(cfg.tasks), list(cfg.haystacks), cfg.length, cfg.samples, cfg.seed)
+    probes = [p for length in cfg.lengths
+              for p in make_probes(engine, list(cfg.tasks), list(cfg.haystacks), length, cfg.samples, cfg.seed)]
     t0 = time.time()
     with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn")) as pool:
         shares = [probes[i::cfg.workers] for i in range(cfg.workers)]
@@ -183,7 +186,7 @@ def _start(cfg: EvolveConfig, log) -> dict:
     reference = [0.0] * len(probes)
     for i, part in enumerate(refs):
         reference[i::cfg.workers] = part
-    log(f"[evolve] {len(probes)} probes ({', '.join(cfg.tasks)} on {', '.join(cfg.haystacks)}, ~{cfg.length} tokens); "
+    log(f"[evolve] {len(probes)} probes ({', '.join(cfg.tasks)} on {', '.join(cfg.haystacks)}, ~{'/'.join(map(str, cfg.lengths))} tokens); "
         f"full-cache answer log-prob {np.mean(reference):.3f}/token ({time.time() - t0:.0f} s)")
     base, index = search_space(cfg)
     x0 = base if index is None else base[index]

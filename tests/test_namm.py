@@ -11,6 +11,7 @@ import pytest
 from evolve.cli import install
 from runtime import Engine
 from runtime.eviction import make_policy
+from runtime.eviction.base import CacheView
 from runtime.eviction.namm import (FEATURES, NAMM, BackwardAttentionMemory, initial_vector, load_scorer,
                                    namm_features)
 from runtime.kv_cache import KVCache
@@ -59,6 +60,41 @@ def test_oldest_token_sees_everything_newest_only_itself():
     g = f.copy()
     g[0, -1] += 1.0                         # change the newest: every token looks at it
     assert not np.allclose(net.forward(f)[0, :-1], net.forward(g)[0, :-1])
+
+
+def test_linear_scorer_skips_the_network_and_matches_the_reference():
+    rng = np.random.default_rng(2)
+    theta = rng.normal(0, 0.5, BackwardAttentionMemory.size())
+    net = BackwardAttentionMemory.from_vector(theta)
+    net = BackwardAttentionMemory(**{**{k: getattr(net, k) for k in net.SHAPES}, "w2": np.zeros_like(net.w2)})
+    f = rng.normal(0, 1, (2, 7, len(FEATURES))).astype(np.float32)
+    np.testing.assert_allclose(net.forward(f), reference_scores(net, f), rtol=1e-5, atol=1e-5)
+
+
+def _view(rng, L=2, H=3, n=40, next_position=300) -> CacheView:
+    positions = np.sort(rng.choice(next_position - 1, (L, H, n), replace=True), axis=-1).astype(np.int64)
+    age = next_position - positions
+    cumulative = (rng.gamma(0.5, 1.0, (L, H, n)) * age / n).astype(np.float32)   # mass ~ age x a per-token rate
+    return CacheView(positions=positions, cumulative=cumulative, recent=cumulative / age, last=cumulative / age,
+                     keys=[], next_position=next_position,
+                     spectrum=np.repeat((cumulative / age)[None], 3, axis=0).astype(np.float32))
+
+
+def test_h2o_prior_evicts_what_h2o_evicts():
+    """`--prior h2o` starts the evolution at H2O's ranking (accumulated attention)."""
+    from evolve.cma_es import EvolveConfig, search_space
+    from runtime.eviction.h2o import H2O
+    base, _ = search_space(EvolveConfig(package="", search="skip", prior="h2o"))
+    scores = NAMM(BackwardAttentionMemory.from_vector(base)).score(view := _view(np.random.default_rng(3)))
+    k = 10                                                  # the 10 each (layer, head) would evict
+    evict = lambda s: np.argsort(s, axis=-1)[..., :k].reshape(-1, k)
+    same = [len(set(a) & set(b)) for a, b in zip(evict(scores), evict(H2O().score(view)))]
+    # the same choices up to log1p(age) for log(age) and the 1e-4 floor under the mass (near-ties only)
+    assert sum(same) >= 0.9 * k * len(same), same
+    random = NAMM(BackwardAttentionMemory.from_vector(initial_vector(0, None))).score(view)
+    assert sum(len(set(a) & set(b)) for a, b in zip(evict(random), evict(H2O().score(view)))) < 0.6 * sum(same)
+    with pytest.raises(ValueError, match="prior 'h20' is unknown; accepted: .*h2o"):
+        initial_vector(0, "h20")
 
 
 def test_vector_round_trip_and_size():

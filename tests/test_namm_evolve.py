@@ -17,7 +17,7 @@ from evolve.cma_es import EvolveConfig, evolve, load_checkpoint
 pytest.importorskip("cma")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = dict(tasks=("niah_single", "variable_tracking"), haystacks=("repeated",), length=160, samples=2,
+SMALL = dict(tasks=("niah_single", "variable_tracking"), haystacks=("repeated",), lengths=(128, 192), samples=1,
              popsize=6, sigma0=0.3, prior="", seed=0, workers=2)
 
 
@@ -28,12 +28,14 @@ def test_short_evolution_improves_over_the_initial_mean(tiny_package, tmp_path):
     assert len(means) == 6 and state["generation"] == 6
     assert state["best_mean"][0] > means[0], means          # the initial mean is generation 1's mean
     assert max(means[1:]) > means[0]
+    lengths = sorted(len(p.prompt_ids) for p in state["probes"])      # one probe per (task, length)
+    assert len(lengths) == 4 and lengths[0] < 160 < lengths[-1], lengths
 
 
 def _cli(tiny_package, out, generations):
     return [sys.executable, "-m", "evolve.cli", "--model", str(tiny_package), "--out", str(out), "--no-install",
             "--generations", str(generations), "--budget", "0.25", "--tasks", *SMALL["tasks"],
-            "--haystacks", *SMALL["haystacks"], "--length", str(SMALL["length"]), "--samples", str(SMALL["samples"]),
+            "--haystacks", *SMALL["haystacks"], "--length", *map(str, SMALL["lengths"]), "--samples", str(SMALL["samples"]),
             "--popsize", str(SMALL["popsize"]), "--sigma0", str(SMALL["sigma0"]), "--prior", "", "--seed", "0"]
 
 
@@ -72,7 +74,7 @@ def test_resume_refuses_a_different_run(tiny_package, tmp_path):
 
 def test_per_generation_subsets_are_seeded_and_shared_by_the_population(tiny_package, tmp_path):
     from evolve.cma_es import probes_of_generation
-    cfg = EvolveConfig(package=str(tiny_package), generations=3, **{**SMALL, "samples": 3, "per_generation": 2})
+    cfg = EvolveConfig(package=str(tiny_package), generations=3, **{**SMALL, "lengths": (160,), "samples": 3, "per_generation": 2})
     state = evolve(cfg, tmp_path / "run", log=lambda s: None)
     subsets = [row["probes"] for row in state["history"]]
     assert all(len(s) == 2 for s in subsets) and len({tuple(s) for s in subsets}) > 1

@@ -100,6 +100,8 @@ class BackwardAttentionMemory:
         The backward attention runs in row tiles: rows [r0, r1) only need columns from r0 on, so half
         of the (n, n) square is never computed and memory stays at (B, tile, n)."""
         B, n, _ = f.shape
+        if not self.w2.any():                       # a linear scorer (`slm evolve --search skip`): the
+            return f @ self.w_skip                  # network's output is multiplied by 0, skip computing it
         x = np.tanh(f @ self.We + self.be)                                   # (B, n, D)
         q = (x @ self.Wq) / np.float32(np.sqrt(D_ATTN))                      # (B, n, A)
         k, v = x @ self.Wk, x @ self.Wv                                      # (B, n, A)
@@ -121,9 +123,17 @@ class BackwardAttentionMemory:
         return h @ self.w2 + f @ self.w_skip                                 # (B, n)
 
 
+PRIORS = ("h2o",) + FEATURES
+
+
 def initial_vector(seed: int, prior: str | None = "log_mass_ema16") -> np.ndarray:
-    """Where evolution starts: small random weights (seeded) and, with `prior`, a skip weight of 1 on
-    one feature, so the initial policy ranks by that statistic (ema16 = `recent`, SnapKV's signal)."""
+    """Where evolution starts: small random weights (seeded) and, with `prior`, skip weights that rank
+    like a known statistic: a feature's name (a weight of 1 on it; `log_mass_ema16` = `recent`,
+    SnapKV's signal) or "h2o", the attention accumulated since the token arrived (H2O's score):
+    4 * log_mass_per_query + 8 * log_age = log(n * cumulative / age) + log(1 + age) ~ log(n * cumulative),
+    i.e. weights 1 and 2 up to the scale, which a ranking ignores."""
+    if prior and prior not in PRIORS:
+        raise ValueError(f"prior {prior!r} is unknown; accepted: '' (none), h2o or a feature: {', '.join(FEATURES)}")
     rng = np.random.default_rng(seed)
     parts = []
     for name, shape in BackwardAttentionMemory.SHAPES.items():
@@ -131,8 +141,11 @@ def initial_vector(seed: int, prior: str | None = "log_mass_ema16") -> np.ndarra
         scale = 0.0 if name in ("be", "b1", "w_skip") else 1 / np.sqrt(fan_in)
         parts.append(rng.normal(0, scale, shape).ravel() * (0.1 if name == "w2" else 1.0))
     theta = np.concatenate(parts).astype(np.float32)
-    if prior:
-        offset = BackwardAttentionMemory.size() - len(FEATURES)
+    offset = BackwardAttentionMemory.size() - len(FEATURES)
+    if prior == "h2o":
+        theta[offset + FEATURES.index("log_mass_per_query")] = 1.0
+        theta[offset + FEATURES.index("log_age")] = 2.0
+    elif prior:
         theta[offset + FEATURES.index(prior)] = 1.0
     return theta
 
