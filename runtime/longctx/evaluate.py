@@ -145,8 +145,11 @@ def run(args) -> int:
     passthrough = ["--tasks", *args.tasks, "--haystacks", *args.haystacks, "--lengths", *map(str, args.lengths),
                    "--samples", str(args.samples), "--seed", str(args.seed), "--threads", str(args.threads),
                    "--longeval", *args.longeval]
-    cells = []
+    record = {k: v for k, v in vars(args).items() if k != "func"}
+    cells = _resume(out / "results.json", package, record)
     for policy, budget in [("none", 1.0)] + [(p, b) for b in args.budgets for p in args.policies]:
+        if any(c["budget"] == budget and c["policy"] == (policy if budget < 1 else "full") for c in cells):
+            continue                                    # done by an earlier, interrupted run with these arguments
         t0 = time.time()
         proc = subprocess.run([sys.executable, "-m", "runtime.longctx.evaluate", "--cell", package, policy, str(budget),
                                *passthrough], capture_output=True, text=True)
@@ -157,12 +160,41 @@ def run(args) -> int:
         scored = [r["score"] for r in cells[-1]["rows"] if "score" in r]
         print(f"[longctx] {policy:9s} @ {budget:6.1%}: score {statistics.mean(scored):.3f} over {len(scored)} cases "
               f"({time.time() - t0:.0f} s)", file=sys.stderr)
-        (out / "results.json").write_text(json.dumps({"package": package, "args": {k: v for k, v in vars(args).items() if k != "func"}, "cells": cells}, indent=1))
+        _write_json(out / "results.json", {"package": package, "args": record, "cells": cells})
     table = summarise(cells)
     (out / "table.md").write_text(table + "\n")
     plot(cells, out / "plot.png", Path(package).name)
     print(table)
     return 0
+
+
+# what a cell's result depends on; the policies and budgets only say which cells there are, so a run
+# that asks for more of them reuses the ones it has
+_SAME_RUN = ("tasks", "haystacks", "lengths", "samples", "longeval", "seed", "threads")
+
+
+def _resume(path: Path, package: str, record: dict) -> list[dict]:
+    """The cells an interrupted run with the same package and arguments already wrote (each cell is
+    saved as soon as it ends); anything else in `path` is kept as results.previous.json, never lost."""
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+        same = old["package"] == package and all(old["args"].get(k) == record.get(k) for k in _SAME_RUN)
+    except (ValueError, KeyError, TypeError):
+        same = False
+    if same:
+        print(f"[longctx] resuming {str(path)!r}: {len(old['cells'])} cells already done", file=sys.stderr)
+        return old["cells"]
+    path.replace(path.with_name("results.previous.json"))
+    print(f"[longctx] {str(path)!r} held another run; kept as results.previous.json", file=sys.stderr)
+    return []
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)                                   # a kill leaves the old file or the new one, never half
 
 
 def main() -> int:

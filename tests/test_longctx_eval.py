@@ -1,0 +1,42 @@
+"""`slm eval longctx` on a real (tiny) package: cells in their own processes, results written as each
+cell ends, and a run interrupted and started again with the same arguments does only what is left."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from runtime.longctx import evaluate
+
+
+def _args(package, out, budgets):
+    p = argparse.ArgumentParser()
+    evaluate.add_arguments(p)
+    return p.parse_args(["--model", str(package), "--policies", "streaming", "--budgets", *map(str, budgets),
+                         "--tasks", "niah_single", "--haystacks", "repeated", "--lengths", "96", "--samples", "1",
+                         "--longeval", "--threads", "1", "--out", str(out)])
+
+
+def test_an_interrupted_evaluation_resumes_and_another_run_is_kept(tiny_package, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert evaluate.run(_args(tiny_package, out, [0.5])) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert [(c["policy"], c["budget"]) for c in first["cells"]] == [("full", 1.0), ("streaming", 0.5)]
+    assert all(r["prompt_tokens"] > 0 and "score" in r for c in first["cells"] for r in c["rows"])
+    assert (out / "table.md").is_file() and (out / "plot.png").is_file()
+
+    # as if killed after those two cells: mark them, then ask for one budget more
+    for c in first["cells"]:
+        c["marker"] = "done before"
+    (out / "results.json").write_text(json.dumps(first))
+    assert evaluate.run(_args(tiny_package, out, [0.5, 0.25])) == 0
+    second = json.loads((out / "results.json").read_text())
+    assert [(c["policy"], c["budget"], c.get("marker")) for c in second["cells"]] == \
+        [("full", 1.0, "done before"), ("streaming", 0.5, "done before"), ("streaming", 0.25, None)]
+    assert "resuming" in capsys.readouterr().err
+
+    # other arguments: a new run, and the old results are kept beside it, not overwritten
+    args = _args(tiny_package, out, [0.5])
+    args.samples = 2
+    assert evaluate.run(args) == 0
+    assert json.loads((out / "results.previous.json").read_text()) == second
+    assert len(json.loads((out / "results.json").read_text())["cells"]) == 2
