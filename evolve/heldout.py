@@ -101,7 +101,39 @@ def summarise(cells: list[dict], groups: list[str]) -> str:
                 for g in groups:
                     vals.append(mean([r for r in c["rows"] if r["group"] == g], key) if c else float("nan"))
             lines.append(f"| {pol} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + overall(cells, budgets))
+
+
+def overall(cells: list[dict], budgets: list[float]) -> list[str]:
+    """Every probe together: mean and geometric-mean retention (floored at 1%, as the log fitness),
+    and NAMM against each hand-made policy probe by probe (mean log-retention difference +- its
+    standard error; wins/losses count differences over 1%)."""
+    log = lambda c: np.log(np.maximum([r["retention"] for r in c["rows"]], 0.01))
+    at = {(c["policy"], c["budget"]): c for c in cells}
+    lines = ["", "All probes together: mean retention / geometric mean (floored at 0.01):", "",
+             "| policy | " + " | ".join(f"@{b:.1%}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    for pol in POLICIES:
+        if any((pol, b) in at for b in budgets):
+            lines.append(f"| {pol} | " + " | ".join(
+                f"{np.mean([r['retention'] for r in at[pol, b]['rows']]):.3f} / {np.exp(log(at[pol, b]).mean()):.3f}"
+                if (pol, b) in at else "—" for b in budgets) + " |")
+    if not any(("namm", b) in at for b in budgets):
+        return lines
+    lines += ["", "NAMM against each policy, probe by probe: mean of log(NAMM / policy retention) +- SE, "
+              "and probes NAMM keeps more / less of (by over 1%):", "",
+              "| against | " + " | ".join(f"@{b:.1%}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    for pol in POLICIES:
+        if pol == "namm" or not any((pol, b) in at for b in budgets):
+            continue
+        vals = []
+        for b in budgets:
+            if ("namm", b) not in at or (pol, b) not in at:
+                vals.append("—")
+                continue
+            d = log(at["namm", b]) - log(at[pol, b])
+            vals.append(f"{d.mean():+.3f} +- {d.std(ddof=1) / np.sqrt(len(d)):.3f} ({int((d > 0.01).sum())}/{int((d < -0.01).sum())})")
+        lines.append(f"| {pol} | " + " | ".join(vals) + " |")
+    return lines
 
 
 def plot(cells: list[dict], path: Path, title: str) -> None:
