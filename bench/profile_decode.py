@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from slm.package import read_manifest  # noqa: E402
 
 
-def profile(pkg: str, past: int, steps: int, threads: int) -> tuple[collections.Counter, float]:
+def profile(pkg: str, past: int, steps: int, threads: int) -> tuple[collections.Counter, int]:
     man = read_manifest(pkg)
     d = man.dims
     so = ort.SessionOptions()

@@ -12,7 +12,6 @@ run. The probes and their full-cache reference are computed once and kept in the
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import sys
 import time
@@ -156,12 +155,8 @@ def _pool(cfg: EvolveConfig, probes, reference) -> ProcessPoolExecutor:
 
 # --- the run ------------------------------------------------------------------------------------
 def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)           # a kill leaves either the old or the new checkpoint, never half
+    from slm.paths import write_atomic
+    write_atomic(path, pickle.dumps(state))     # a kill leaves either the old or the new checkpoint
 
 
 def load_checkpoint(out: str | Path) -> dict | None:

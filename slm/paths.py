@@ -8,6 +8,16 @@ from slm.errors import PackageError
 from slm.package import MANIFEST
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that a kill at any moment leaves the old content or the new, never half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def cache_dir() -> Path:
     """Where `slm pull` and on-the-fly exports put packages ($SLM_CACHE overrides)."""
     if os.environ.get("SLM_CACHE"):

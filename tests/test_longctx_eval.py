@@ -39,4 +39,9 @@ def test_an_interrupted_evaluation_resumes_and_another_run_is_kept(tiny_package,
     args.samples = 2
     assert evaluate.run(args) == 0
     assert json.loads((out / "results.previous.json").read_text()) == second
-    assert len(json.loads((out / "results.json").read_text())["cells"]) == 2
+    third = json.loads((out / "results.json").read_text())
+    assert len(third["cells"]) == 2
+    args.samples = 3                                    # and yet another: neither earlier run is overwritten
+    assert evaluate.run(args) == 0
+    assert json.loads((out / "results.previous.json").read_text()) == second
+    assert json.loads((out / "results.previous-2.json").read_text()) == third

@@ -69,6 +69,9 @@ def test_linear_scorer_skips_the_network_and_matches_the_reference():
     net = BackwardAttentionMemory(**{**{k: getattr(net, k) for k in net.SHAPES}, "w2": np.zeros_like(net.w2)})
     f = rng.normal(0, 1, (2, 7, len(FEATURES))).astype(np.float32)
     np.testing.assert_allclose(net.forward(f), reference_scores(net, f), rtol=1e-5, atol=1e-5)
+    # the network is not run at all: NaN weights in it (0 * NaN = NaN) leave the scores finite
+    broken = BackwardAttentionMemory(**{**{k: getattr(net, k) for k in net.SHAPES}, "Wq": np.full_like(net.Wq, np.nan)})
+    assert np.isfinite(broken.forward(f)).all()
 
 
 def _view(rng, L=2, H=3, n=40, next_position=300) -> CacheView:

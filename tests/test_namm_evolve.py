@@ -111,3 +111,10 @@ def test_log_retention_fitness_counts_every_probe():
     assert aggregate([0.0, 1.0], "log_retention") == pytest.approx(np.log(0.01) / 2)      # floored, finite
     with pytest.raises(ValueError, match="'best' is unknown; accepted: retention, log_retention"):
         aggregate([1.0], "best")
+
+
+def test_unknown_prior_is_a_clear_cli_error(tiny_package, capsys):
+    from evolve.cli import main
+    assert main(["--model", str(tiny_package), "--prior", "h20", "--no-install"]) == 2
+    err = capsys.readouterr().err
+    assert "--prior 'h20' is unknown; accepted: '' (none), h2o or a feature: log_mass_last" in err

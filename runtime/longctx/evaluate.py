@@ -138,7 +138,7 @@ def run(args) -> int:
     if args.cell:
         print(json.dumps(run_cell(args.cell[0], args.cell[1], float(args.cell[2]), args)))
         return 0
-    from slm.paths import resolve_package
+    from slm.paths import resolve_package, write_atomic
     package = str(resolve_package(args.model))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def run(args) -> int:
         scored = [r["score"] for r in cells[-1]["rows"] if "score" in r]
         print(f"[longctx] {policy:9s} @ {budget:6.1%}: score {statistics.mean(scored):.3f} over {len(scored)} cases "
               f"({time.time() - t0:.0f} s)", file=sys.stderr)
-        _write_json(out / "results.json", {"package": package, "args": record, "cells": cells})
+        write_atomic(out / "results.json", json.dumps({"package": package, "args": record, "cells": cells}, indent=1).encode())
     table = summarise(cells)
     (out / "table.md").write_text(table + "\n")
     plot(cells, out / "plot.png", Path(package).name)
@@ -175,7 +175,7 @@ _SAME_RUN = ("tasks", "haystacks", "lengths", "samples", "longeval", "seed", "th
 
 def _resume(path: Path, package: str, record: dict) -> list[dict]:
     """The cells an interrupted run with the same package and arguments already wrote (each cell is
-    saved as soon as it ends); anything else in `path` is kept as results.previous.json, never lost."""
+    saved as soon as it ends); anything else in `path` is kept as results.previous[-N].json, never lost."""
     if not path.is_file():
         return []
     try:
@@ -186,15 +186,14 @@ def _resume(path: Path, package: str, record: dict) -> list[dict]:
     if same:
         print(f"[longctx] resuming {str(path)!r}: {len(old['cells'])} cells already done", file=sys.stderr)
         return old["cells"]
-    path.replace(path.with_name("results.previous.json"))
-    print(f"[longctx] {str(path)!r} held another run; kept as results.previous.json", file=sys.stderr)
+    kept = path.with_name("results.previous.json")
+    n = 1
+    while kept.exists():                                # an earlier kept run stays too
+        n += 1
+        kept = path.with_name(f"results.previous-{n}.json")
+    path.replace(kept)
+    print(f"[longctx] {str(path)!r} held another run; kept as {kept.name}", file=sys.stderr)
     return []
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)                                   # a kill leaves the old file or the new one, never half
 
 
 def main() -> int:
