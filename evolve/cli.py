@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="what CMA-ES moves: every scorer parameter (full), or only the linear skip over the "
                         "non-periodic features (skip: 8 numbers, converges in a few hundred evaluations)")
     p.add_argument("--prior", default=d.prior,
-                   help="where the initial scorer ranks: a feature name, 'h2o' (accumulated attention) or '' (random)")
+                   help="where the initial scorer ranks: a feature name, 'h2o' (accumulated attention), 'opening' (mean "
+                        "attention plus what the token read in the conversation's opening) or '' (random)")
     p.add_argument("--out", default=None, help="run folder: checkpoint.pkl, log.jsonl (default runs/evolve/<package>)")
     p.add_argument("--no-install", action="store_true", help="do not write the scorer into the package")
 
@@ -72,7 +73,7 @@ def run(args) -> int:
             raise SlmError(f"--haystacks {h!r} is unknown; accepted: {', '.join(HAYSTACKS)}")
     from runtime.eviction.namm import PRIORS
     if args.prior and args.prior not in PRIORS:
-        raise SlmError(f"--prior {args.prior!r} is unknown; accepted: '' (none), h2o or a feature: {', '.join(PRIORS[1:])}")
+        raise SlmError(f"--prior {args.prior!r} is unknown; accepted: '' (none), h2o, opening or a feature: {', '.join(PRIORS[2:])}")
     if not 0 < args.budget < 1:
         raise SlmError(f"--budget {args.budget} must be a fraction of the prompt in (0, 1)")
     cfg = EvolveConfig(package=package, budget=args.budget, generations=args.generations, popsize=args.popsize,

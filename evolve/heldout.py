@@ -27,7 +27,7 @@ GROUPS = {"heldout_tasks": (("niah_multivalue", "common_words"), ("repeated", "s
           "heldout_haystack": (("niah_single", "niah_multikey", "variable_tracking"), ("repeated",)),
           "train_tasks": (("niah_single", "niah_multikey", "variable_tracking"), ("shakespeare",))}
 POLICIES = ("streaming", "h2o", "tova", "snapkv", "namm")
-_STATS = ("positions", "cumulative", "recent", "last", "spectrum")
+_STATS = ("positions", "cumulative", "recent", "last", "spectrum", "opening")
 
 
 def _snapshot(cache) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.eviction import CacheView, Policy
-from runtime.eviction.base import SPECTRUM_HALF_LIVES
+from runtime.eviction.base import OPENING, SPECTRUM_HALF_LIVES
 from slm.errors import BudgetExceededError, SlmError
 from slm.package import Manifest
 
@@ -79,6 +79,7 @@ class KVCache:
         self.recent = np.zeros(stats_shape, np.float32)
         self.last = np.zeros(stats_shape, np.float32)
         self.spectrum = np.zeros((len(SPECTRUM_HALF_LIVES),) + stats_shape, np.float32)
+        self.opening = np.zeros(stats_shape, np.float32)
         # where the graph writes each layer's attention mass per slot (padded to capacity), bound once
         self.mass = np.zeros((d.num_layers, 1, d.num_kv_heads, capacity), np.float32) if attention_stats else None
         self.mass_ort = [ort.OrtValue.ortvalue_from_numpy(m) for m in self.mass] if attention_stats else []
@@ -94,12 +95,13 @@ class KVCache:
         self.recent[:] = 0
         self.last[:] = 0
         self.spectrum[:] = 0
+        self.opening[:] = 0
 
     def append(self, n: int) -> None:
         """Record that the graph appended n tokens at slots [length, length+n)."""
         new = slice(self.length, self.length + n)
         self.positions[:, :, new] = np.arange(self.next_position, self.next_position + n)
-        for stat in (self.cumulative, self.recent, self.last):
+        for stat in (self.cumulative, self.recent, self.last, self.opening):
             stat[:, :, new] = 0.0               # slots freed by eviction hold stale statistics
         self.spectrum[..., new] = 0.0
         self.length += n
@@ -122,9 +124,13 @@ class KVCache:
 
     def observe(self, n_queries: int) -> None:
         """Fold the step's attention mass (written by the graph into `self.mass`, summed over the
-        step's n queries) into the statistics policies read."""
+        step's n queries, whose tokens are the last n slots) into the statistics policies read."""
         n = self.length
         m = self.mass[:, 0, :, :n]                          # (L, H, length)
+        pos = self.positions[:, :, :n]
+        in_opening = (pos >= OPENING[0]) & (pos < OPENING[1])
+        # what the step's queries read in the opening: the step's tokens' own (query-aware) statistic
+        self.opening[:, :, n - n_queries:n] = (np.where(in_opening, m, 0).sum(-1) / n_queries)[..., None]
         self.cumulative[:, :, :n] += m
         decay = 0.5 ** (n_queries / RECENT_HALF_LIFE)
         self.recent[:, :, :n] *= decay
@@ -138,6 +144,7 @@ class KVCache:
         n = self.length
         return CacheView(positions=self.positions[:, :, :n], cumulative=self.cumulative[:, :, :n],
                          recent=self.recent[:, :, :n], last=self.last[:, :, :n], spectrum=self.spectrum[..., :n],
+                         opening=self.opening[:, :, :n],
                          keys=[k[0, :, :n] for k in self.keys], next_position=self.next_position)
 
     def make_room(self, n: int, config: EvictionConfig) -> int:
@@ -182,7 +189,7 @@ class KVCache:
         for layer, idx in enumerate(keep):
             for buf in (self.keys[layer], self.values[layer]):
                 buf[0, :, :m] = np.take_along_axis(buf[0, :, :self.length], idx[..., None], axis=1)
-        for stat in (self.positions, self.cumulative, self.recent, self.last):
+        for stat in (self.positions, self.cumulative, self.recent, self.last, self.opening):
             stat[:, :, :m] = np.take_along_axis(stat[:, :, :self.length], keep, axis=-1)
         self.spectrum[..., :m] = np.take_along_axis(self.spectrum[..., :self.length], keep[None], axis=-1)
         self.length = m

@@ -165,3 +165,52 @@ def test_namm_never_exceeds_the_budget(namm_package):
     assert engine.cache.evicted > 0
     pos = engine.cache.positions[:, :, :engine.cache.length]
     assert (np.diff(pos, axis=-1) > 0).all()             # slots stay in position order after compaction
+
+
+def test_opening_is_what_each_step_read_in_the_conversations_opening(tiny_package):
+    from runtime.eviction.base import OPENING
+    c = KVCache(read_manifest(tiny_package), capacity=OPENING[1] + 8, attention_stats=True)
+    c.append(OPENING[1] + 2)                # the opening and two tokens after it: one step of 2 queries
+    n = c.length
+    rng = np.random.default_rng(0)
+    c.mass[:, 0, :, :n] = rng.uniform(0, 1, c.mass[:, 0, :, :n].shape)
+    c.observe(2)
+    read = c.mass[:, 0, :, OPENING[0]:OPENING[1]].sum(-1) / 2            # (L, H): per query
+    assert np.allclose(c.opening[:, :, n - 2:n], read[..., None])        # the step's two tokens
+    assert not c.opening[:, :, :n - 2].any()                              # earlier slots untouched
+    c.append(1)
+    c.mass[:, 0, :, :n + 1] = 0.0
+    c.mass[:, 0, :, OPENING[0]] = 0.25
+    c.observe(1)
+    assert np.allclose(c.opening[:, :, n], 0.25) and np.allclose(c.opening[:, :, n - 2:n], read[..., None])
+    keep = np.broadcast_to(np.arange(1, n + 1), c.positions.shape[:2] + (n,))   # evict slot 0
+    c._compact(keep)
+    assert np.allclose(c.opening[:, :, n - 1], 0.25)                      # moved with its token
+    f = namm_features(c.view())
+    assert np.allclose(f[..., n - 1, FEATURES.index("log_opening")], np.log(1e-4 + 0.25) / 4)
+
+
+def test_a_scorer_from_before_log_opening_loads_and_ranks_as_it_did(tmp_path):
+    old_features = FEATURES[:-1]
+    net = BackwardAttentionMemory.from_vector(initial_vector(5, "h2o"))
+    header = {"format": "namm-bam/1", "features": list(old_features), "spectrum_half_lives": [4.0, 64.0, 256.0],
+              "record": {}}
+    arrays = {k: getattr(net, k) for k in net.SHAPES}
+    arrays["We"], arrays["w_skip"] = arrays["We"][:-1], arrays["w_skip"][:-1]
+    with open(tmp_path / "old.npz", "wb") as fh:
+        np.savez(fh, header=np.array(json.dumps(header)), **arrays)
+    loaded, h = load_scorer(tmp_path / "old.npz")
+    assert h["format"] == "namm-bam/2" and loaded.w_skip[-1] == 0 and not loaded.We[-1].any()
+    f = np.random.default_rng(1).normal(0, 1, (2, 6, len(FEATURES))).astype(np.float32)
+    g = f.copy()
+    g[..., -1] = 9.0                        # whatever the new feature says, an old scorer ignores it
+    old_scores = np.tanh(f[..., :-1] @ arrays["We"] + net.be)             # the embedding it had
+    assert np.allclose(np.tanh(f @ loaded.We + loaded.be), old_scores)
+    assert np.allclose(loaded.forward(f), loaded.forward(g))
+
+
+def test_opening_prior_ranks_by_mean_attention_and_the_opening():
+    net = BackwardAttentionMemory.from_vector(initial_vector(0, "opening"))
+    w = dict(zip(FEATURES, net.w_skip))
+    assert w["log_mass_per_query"] == 1 and w["log_opening"] == 2
+    assert sum(v != 0 for v in w.values()) == 2

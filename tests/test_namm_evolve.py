@@ -88,10 +88,10 @@ def test_skip_search_moves_only_the_linear_skip_and_improves(tiny_package, tmp_p
     cfg = EvolveConfig(package=str(tiny_package), budget=0.25, generations=5, search="skip",
                        **{**SMALL, "prior": "log_mass_ema16"})
     base, index = search_space(cfg)
-    assert len(index) == len([f for f in FEATURES if "_age_" not in f]) == 8
-    scorer = BackwardAttentionMemory.from_vector(expand(base, index, np.arange(8, dtype=np.float32)))
+    assert len(index) == len([f for f in FEATURES if "_age_" not in f]) == 9
+    scorer = BackwardAttentionMemory.from_vector(expand(base, index, np.arange(9, dtype=np.float32)))
     assert not scorer.w2.any()                                       # the network's output is off
-    assert list(scorer.w_skip[[FEATURES.index(f) for f in FEATURES if "_age_" not in f]]) == list(range(8))
+    assert list(scorer.w_skip[[FEATURES.index(f) for f in FEATURES if "_age_" not in f]]) == list(range(9))
     assert not scorer.w_skip[[FEATURES.index(f) for f in FEATURES if "_age_" in f]].any()
     state = evolve(cfg, tmp_path / "run", log=lambda s: None)
     means = [row["mean_fitness"] for row in state["history"]]
@@ -117,4 +117,4 @@ def test_unknown_prior_is_a_clear_cli_error(tiny_package, capsys):
     from evolve.cli import main
     assert main(["--model", str(tiny_package), "--prior", "h20", "--no-install"]) == 2
     err = capsys.readouterr().err
-    assert "--prior 'h20' is unknown; accepted: '' (none), h2o or a feature: log_mass_last" in err
+    assert "--prior 'h20' is unknown; accepted: '' (none), h2o, opening or a feature: log_mass_last" in err

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SPECTRUM_HALF_LIVES = (4.0, 64.0, 256.0)   # queries: the cache's bank of attention-mass EMAs (`spectrum`)
+OPENING = (4, 68)       # true positions: the conversation's opening after the 4 sinks (system prompt, first instruction)
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class CacheView:
     keys: list[np.ndarray]      # per layer (H, n, head_dim): cached keys (after rotary)
     next_position: int          # position the next token will take
     spectrum: np.ndarray | None = None  # float32 (S, L, H, n): EMAs of the mass at SPECTRUM_HALF_LIVES
+    opening: np.ndarray | None = None   # float32 (L, H, n): share of its step's attention each token's step gave
+                                        # to the opening (positions OPENING), per query
 
 
 class Policy:

@@ -15,6 +15,11 @@ What we keep from the paper, and what we give up:
   the same (layer, head), so it can tell "still attended by what came after me" from "superseded".
   Single head, then a small MLP, plus a linear skip from the features (a prior the evolution starts
   from). About a thousand parameters.
+- One statistic NAMM does not have: `opening`, the share of attention a token's step gave to the
+  conversation's opening (system prompt, first instruction; positions OPENING). It is query-aware at
+  arrival, when the question opens the prompt: measured on the training probes, the needle sentence
+  survives a streamed prefill at a 25% budget about twice as often ranked by it as by any attention-
+  received statistic (docs/NAMM.md, seventh run). It is per prefill chunk (32 tokens), not per token.
 - NAMM evicts every token with a negative score (a variable count per head); here the cache evicts
   a fixed count per (layer, head), so only the ranking matters.
 """
@@ -32,9 +37,10 @@ from slm.errors import PackageError
 AGE_PERIODS = (8.0, 64.0, 512.0)                # tokens: the recency embedding's sinusoid periods
 FEATURES = ("log_mass_last", "log_mass_ema4", "log_mass_ema16", "log_mass_ema64", "log_mass_ema256",
             "log_mass_per_query", "log_age") + tuple(f"{f}_age_{int(p)}" for p in AGE_PERIODS for f in ("sin", "cos")) \
-           + ("log_position",)
+           + ("log_position", "log_opening")
 D_MODEL, D_ATTN, D_HIDDEN = 16, 8, 16
-FORMAT = "namm-bam/1"
+FORMAT = "namm-bam/2"
+FORMATS_READ = {"namm-bam/1": FEATURES[:-1], FORMAT: FEATURES}   # a /1 scorer reads log_opening with weight 0
 
 
 def namm_features(view: CacheView) -> np.ndarray:
@@ -48,6 +54,8 @@ def namm_features(view: CacheView) -> np.ndarray:
     for period in AGE_PERIODS:
         feats += [np.sin(2 * np.pi * age / period), np.cos(2 * np.pi * age / period)]
     feats.append(np.log1p(view.positions.astype(np.float32)) / 8)
+    opening = view.opening if view.opening is not None else np.zeros(age.shape, np.float32)
+    feats.append(np.log(1e-4 + opening) / 4)
     return np.stack(feats, axis=-1).astype(np.float32)
 
 
@@ -123,7 +131,7 @@ class BackwardAttentionMemory:
         return h @ self.w2 + f @ self.w_skip                                 # (B, n)
 
 
-PRIORS = ("h2o",) + FEATURES
+PRIORS = ("h2o", "opening") + FEATURES
 
 
 def initial_vector(seed: int, prior: str | None = "log_mass_ema16") -> np.ndarray:
@@ -131,9 +139,11 @@ def initial_vector(seed: int, prior: str | None = "log_mass_ema16") -> np.ndarra
     like a known statistic: a feature's name (a weight of 1 on it; `log_mass_ema16` = `recent`,
     SnapKV's signal) or "h2o", the attention accumulated since the token arrived (H2O's score):
     4 * log_mass_per_query + 8 * log_age = log(n * cumulative / age) + log(1 + age) ~ log(n * cumulative),
-    i.e. weights 1 and 2 up to the scale, which a ranking ignores."""
+    i.e. weights 1 and 2 up to the scale, which a ranking ignores; or "opening", the mean attention per
+    query plus twice what the token's step read in the conversation's opening (1 and 2 on
+    log_mass_per_query and log_opening: the best of a small grid on the training probes, docs/NAMM.md)."""
     if prior and prior not in PRIORS:
-        raise ValueError(f"prior {prior!r} is unknown; accepted: '' (none), h2o or a feature: {', '.join(FEATURES)}")
+        raise ValueError(f"prior {prior!r} is unknown; accepted: '' (none), h2o, opening or a feature: {', '.join(FEATURES)}")
     rng = np.random.default_rng(seed)
     parts = []
     for name, shape in BackwardAttentionMemory.SHAPES.items():
@@ -145,6 +155,9 @@ def initial_vector(seed: int, prior: str | None = "log_mass_ema16") -> np.ndarra
     if prior == "h2o":
         theta[offset + FEATURES.index("log_mass_per_query")] = 1.0
         theta[offset + FEATURES.index("log_age")] = 2.0
+    elif prior == "opening":
+        theta[offset + FEATURES.index("log_mass_per_query")] = 1.0
+        theta[offset + FEATURES.index("log_opening")] = 2.0
     elif prior:
         theta[offset + FEATURES.index(prior)] = 1.0
     return theta
@@ -167,6 +180,12 @@ def load_scorer(path: str | Path) -> tuple[BackwardAttentionMemory, dict]:
             arrays = {k: z[k].astype(np.float32) for k in BackwardAttentionMemory.SHAPES}
     except (OSError, KeyError, ValueError) as e:
         raise PackageError(f"NAMM scorer {str(path)!r} is unreadable ({e}); re-run `slm evolve --model PACKAGE`") from None
+    if FORMATS_READ.get(header.get("format")) == tuple(header.get("features", ())) != FEATURES:
+        # an older scorer: the features it lacks (appended since) get zero weight, so it ranks as it did
+        missing = len(FEATURES) - len(header["features"])
+        arrays["We"] = np.concatenate([arrays["We"], np.zeros((missing, D_MODEL), np.float32)])
+        arrays["w_skip"] = np.concatenate([arrays["w_skip"], np.zeros(missing, np.float32)])
+        header = {**header, "format": FORMAT, "features": list(FEATURES)}
     if header.get("format") != FORMAT or tuple(header.get("features", ())) != FEATURES \
             or tuple(header.get("spectrum_half_lives", ())) != SPECTRUM_HALF_LIVES:
         raise PackageError(f"NAMM scorer {str(path)!r} was made for other features ({header.get('format')}); "
