@@ -1,5 +1,7 @@
-"""What one NAMM eviction decision costs: `score` on a full cache of n slots (features + scorer),
-against SnapKV's and a decode step of the model, single thread.
+"""What one NAMM eviction decision costs: `score` on a full cache of n slots (features + scorer; the
+full network and the linear scorer `--search skip` evolves), against SnapKV's, a decode step of the
+model, and `observe` (folding a step's attention mass into every statistic, `opening` included,
+which every attention-reading policy pays per step), single thread.
 
     python -m evolve.overhead --model PACKAGE
 """
@@ -9,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -35,20 +38,25 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(args.model, threads=1, kv_policy="tova")
     d = engine.manifest.dims
     namm, snapkv = NAMM(BackwardAttentionMemory.from_vector(initial_vector(0))), SnapKV()
+    linear = BackwardAttentionMemory.from_vector(initial_vector(0, "opening"))
+    linear = NAMM(replace(linear, w2=np.zeros_like(linear.w2)))
     rng = np.random.default_rng(0)
-    print("| cache slots | NAMM score ms | SnapKV score ms | decode step ms | evictions per 1000 tokens (chunk = 1/8) | NAMM ms per decoded token |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| cache slots | NAMM score ms | linear NAMM score ms | SnapKV score ms | observe ms | decode step ms | "
+          "evictions per 1000 tokens (chunk = 1/8) | NAMM ms per decoded token | linear NAMM ms per decoded token |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.slots:
         cache = engine.new_cache(n + 16)
         ids = rng.integers(100, 1000, n).tolist()
         engine.prefill(cache, ids, engine.eviction_for(cache))
         view = cache.view()
         t_namm = _best_of(lambda: namm.score(view))
+        t_linear = _best_of(lambda: linear.score(view))
         t_snap = _best_of(lambda: snapkv.score(view))
+        t_observe = _best_of(lambda: cache.observe(1), 20)
         t_step = _best_of(lambda: engine.decode_step(cache, 42, engine.eviction_for(cache)), 8)   # no eviction: room for 16
         per_1000 = 1000 / max(1, n // 8)
-        print(f"| {n} | {t_namm * 1e3:.1f} | {t_snap * 1e3:.2f} | {t_step * 1e3:.1f} | {per_1000:.1f} | "
-              f"{t_namm * 1e3 * per_1000 / 1000:.2f} |")
+        print(f"| {n} | {t_namm * 1e3:.1f} | {t_linear * 1e3:.2f} | {t_snap * 1e3:.2f} | {t_observe * 1e3:.3f} | "
+              f"{t_step * 1e3:.1f} | {per_1000:.1f} | {t_namm * per_1000:.2f} | {t_linear * per_1000:.3f} |")
     print(f"\n{d.num_layers} layers x {d.num_kv_heads} KV heads; {BackwardAttentionMemory.size()} scorer parameters",
           file=sys.stderr)
     return 0

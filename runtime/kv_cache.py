@@ -127,10 +127,12 @@ class KVCache:
         step's n queries, whose tokens are the last n slots) into the statistics policies read."""
         n = self.length
         m = self.mass[:, 0, :, :n]                          # (L, H, length)
-        pos = self.positions[:, :, :n]
-        in_opening = (pos >= OPENING[0]) & (pos < OPENING[1])
-        # what the step's queries read in the opening: the step's tokens' own (query-aware) statistic
-        self.opening[:, :, n - n_queries:n] = (np.where(in_opening, m, 0).sum(-1) / n_queries)[..., None]
+        # what the step's queries read in the opening: the step's tokens' own (query-aware) statistic;
+        # slots hold increasing positions, so the opening's tokens sit in the first OPENING[1] slots
+        head = min(n, OPENING[1])
+        pos = self.positions[:, :, :head]
+        read = np.where((pos >= OPENING[0]) & (pos < OPENING[1]), m[..., :head], 0).sum(-1)
+        self.opening[:, :, n - n_queries:n] = (read / n_queries)[..., None]
         self.cumulative[:, :, :n] += m
         decay = 0.5 ** (n_queries / RECENT_HALF_LIFE)
         self.recent[:, :, :n] *= decay
