@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--question-last", action="store_true",
+                   help="ask each question only after the text (by default it also opens the prompt)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     from evolve.probes import make_probes
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     probes, group_of = [], []
     for g in args.groups:
         tasks, haystacks = GROUPS[g]
-        new = make_probes(engine, list(tasks), list(haystacks), args.length, args.samples, args.seed)
+        new = make_probes(engine, list(tasks), list(haystacks), args.length, args.samples, args.seed,
+                          question_first=not args.question_last)
         fits = [q for q in new if len(q.prompt_ids) + len(q.prefix_ids) + len(q.answer_ids) + q.max_tokens
                 < engine.manifest.dims.max_positions]
         if len(fits) < len(new):

@@ -49,9 +49,10 @@ def probe_of(engine, case: Case, extra_tokens: int = 24) -> Probe:
 
 
 def make_probes(engine, tasks: list[str], haystacks: list[str], length: int, n: int, seed: int,
-                longeval: tuple[int, int] | None = None) -> list[Probe]:
+                longeval: tuple[int, int] | None = None, question_first: bool = True) -> list[Probe]:
     """n probes per (task, haystack) at about `length` prompt tokens (common_words uses its word list);
-    plus, optionally, LongEval's fixed (n_lines, count) line-retrieval cases."""
+    plus, optionally, LongEval's fixed (n_lines, count) line-retrieval cases. question_first=False
+    asks the question only after the text (Case.prompt)."""
     count = lambda text: len(engine.tokenizer.encode(text, add_special_tokens=False).ids)
     cases = []
     for task in tasks:
@@ -59,7 +60,7 @@ def make_probes(engine, tasks: list[str], haystacks: list[str], length: int, n: 
             cases += make_cases(task, length, haystack, n, count, seed=seed)
     if longeval:
         cases += longeval_lines(*longeval)
-    return [probe_of(engine, c) for c in cases]
+    return [probe_of(engine, replace(c, question_first=question_first)) for c in cases]
 
 
 def budgeted(engine, probe: Probe, policy: Policy | None, budget: float) -> tuple[KVCache, EvictionConfig]:

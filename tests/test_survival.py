@@ -37,3 +37,15 @@ def test_survival_of_a_full_cache_is_one_and_a_budget_loses_some(tiny_package, t
     for name in ("streaming", "h2o"):
         assert min(full[name]["every_head"]) == 1.0
         assert np.mean(tight[name]["every_head"]) < np.mean(full[name]["every_head"])
+
+
+def test_question_last_probes_ask_only_after_the_text(tiny_package):
+    from evolve.probes import make_probes
+    engine = Engine(tiny_package, threads=1)
+    first = make_probes(engine, ["niah_single"], ["repeated"], 256, 1, seed=3)[0]
+    last = make_probes(engine, ["niah_single"], ["repeated"], 256, 1, seed=3, question_first=False)[0]
+    text_first, text_last = (engine.tokenizer.decode(list(p.prompt_ids)) for p in (first, last))
+    question = "What is the special magic number"
+    assert text_first.count(question) == 2 and text_last.count(question) == 1
+    assert text_last.index(question) > text_last.index("grass")              # after the text
+    assert first.answer_ids == last.answer_ids and len(last.prompt_ids) < len(first.prompt_ids)

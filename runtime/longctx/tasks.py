@@ -34,6 +34,7 @@ class Case:
     question: str
     answers: tuple[str, ...]    # all must appear in the output for full marks
     max_tokens: int
+    question_first: bool = True  # False: the question only after the text (no query-aware cue in streaming)
 
     def score(self, output: str) -> float:
         """Fraction of the expected answers that appear in the output (RULER's recall-style metric)."""
@@ -43,7 +44,10 @@ class Case:
     def prompt(self) -> str:
         """The question comes before the text as well as after it: under a hard KV budget the text
         streams through the cache, and a query-aware policy can only keep what the query points at
-        if it has seen the query (kvpress's SnapKV, by contrast, holds the whole prompt first)."""
+        if it has seen the query (kvpress's SnapKV, by contrast, holds the whole prompt first).
+        With question_first=False it comes only after the text, as in many real chats."""
+        if not self.question_first:
+            return f"Read the text, then answer.\n\n{self.context}\n\n{self.question}"
         return f"Read the text, then answer. {self.question.split('?')[0]}?\n\n{self.context}\n\n{self.question}"
 
 
