@@ -210,7 +210,18 @@ def test_a_scorer_from_before_log_opening_loads_and_ranks_as_it_did(tmp_path):
 
 
 def test_opening_prior_ranks_by_mean_attention_and_the_opening():
+    from dataclasses import replace
+
+    from evolve.cma_es import EvolveConfig, search_space
     net = BackwardAttentionMemory.from_vector(initial_vector(0, "opening"))
     w = dict(zip(FEATURES, net.w_skip))
     assert w["log_mass_per_query"] == 1 and w["log_opening"] == 2
     assert sum(v != 0 for v in w.values()) == 2
+    # equal attention per query everywhere: what decides is what each token read in the opening
+    base, _ = search_space(EvolveConfig(package="", search="skip", prior="opening"))
+    view = _view(np.random.default_rng(4))
+    age = view.next_position - view.positions
+    view = replace(view, cumulative=(age / view.positions.shape[-1]).astype(np.float32),
+                   opening=np.random.default_rng(5).uniform(0, 0.3, view.positions.shape).astype(np.float32))
+    scores = NAMM(BackwardAttentionMemory.from_vector(base)).score(view)
+    assert (np.argsort(scores, -1)[..., :10] == np.argsort(view.opening, -1)[..., :10]).all()
