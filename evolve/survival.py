@@ -22,8 +22,11 @@ import numpy as np
 
 def evidence_mask(engine, case) -> np.ndarray:
     """(prompt tokens,) True inside a context sentence that holds an answer."""
-    text = engine.render_chat([{"role": "user", "content": case.prompt}])
-    enc = engine.tokenizer.encode(text, add_special_tokens=False)
+    if engine.template is None:         # a base model: the text as is (as Engine.encode takes it)
+        text, special = case.prompt, True
+    else:
+        text, special = engine.render_chat([{"role": "user", "content": case.prompt}]), False
+    enc = engine.tokenizer.encode(text, add_special_tokens=special)
     start = text.find(case.context)
     end = start + len(case.context)
     spans = []
@@ -33,7 +36,7 @@ def evidence_mask(engine, case) -> np.ndarray:
             s0 = max(text.rfind(". ", start, i), text.rfind("\n", start, i), start)
             e0 = text.find(".", j)
             spans.append((s0, end if e0 < 0 else e0 + 1))
-    return np.array([any(s <= o[0] < e for s, e in spans) for o in enc.offsets])
+    return np.array([any(s <= o[0] < e for s, e in spans) and o[1] > o[0] for o in enc.offsets])
 
 
 def kept_positions(cache, n: int) -> np.ndarray:
