@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "at 1%%: every probe counts, not the few that keep their answer)")
     p.add_argument("--search", default=d.search, choices=["full", "skip"],
                    help="what CMA-ES moves: every scorer parameter (full), or only the linear skip over the "
-                        "non-periodic features (skip: 8 numbers, converges in a few hundred evaluations)")
+                        "non-periodic features (skip: 9 numbers, converges in a few hundred evaluations)")
     p.add_argument("--prior", default=d.prior,
                    help="where the initial scorer ranks: a feature name, 'h2o' (accumulated attention), 'opening' (mean "
                         "attention plus what the token read in the conversation's opening) or '' (random)")

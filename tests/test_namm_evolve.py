@@ -18,7 +18,7 @@ pytest.importorskip("cma")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(tasks=("niah_single", "variable_tracking"), haystacks=("repeated",), lengths=(128, 192), samples=1,
-             popsize=6, sigma0=0.3, prior="", seed=0, workers=2)
+             popsize=6, sigma0=0.3, prior="", seed=0, workers=2, search="full", fitness="retention", per_generation=0)
 
 
 def test_short_evolution_improves_over_the_initial_mean(tiny_package, tmp_path):
@@ -85,8 +85,8 @@ def test_per_generation_subsets_are_seeded_and_shared_by_the_population(tiny_pac
 def test_skip_search_moves_only_the_linear_skip_and_improves(tiny_package, tmp_path):
     from evolve.cma_es import expand, search_space
     from runtime.eviction.namm import FEATURES, BackwardAttentionMemory
-    cfg = EvolveConfig(package=str(tiny_package), budget=0.25, generations=5, search="skip",
-                       **{**SMALL, "prior": "log_mass_ema16"})
+    cfg = EvolveConfig(package=str(tiny_package), budget=0.25, generations=5,
+                       **{**SMALL, "search": "skip", "prior": "log_mass_ema16"})
     base, index = search_space(cfg)
     assert len(index) == len([f for f in FEATURES if "_age_" not in f]) == 9
     scorer = BackwardAttentionMemory.from_vector(expand(base, index, np.arange(9, dtype=np.float32)))
