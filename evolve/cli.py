@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-NAMM_FILE = "namm.npz"
+from runtime.eviction.namm import NAMM_FILE  # noqa: E402 - one name for the scorer file
 
 
 def install(package: str | Path, theta, record: dict) -> Path:

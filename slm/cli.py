@@ -76,10 +76,15 @@ def cmd_pull(args) -> None:
     from slm.paths import default_package
     from slm.sources import resolve_source
     target = default_package()
+    from runtime.eviction.namm import install_scorer_file
+    from slm.package import read_manifest
     if target.joinpath("manifest.json").is_file() and not args.force:
+        if not read_manifest(target).namm_file:     # pulled before the scorer shipped
+            print(f"slm: installed the evolved NAMM scorer: {install_scorer_file(target)}", file=sys.stderr)
         print(f"slm: default package ready at {target}", file=sys.stderr)
         return
     build_package(resolve_source(None), target)
+    install_scorer_file(target)             # --kv-policy namm works out of the box
     print(target)
 
 

@@ -65,4 +65,7 @@ def resolve_package(model: str | None, *, export_if_needed: bool = True) -> Path
         raise PackageError(f"no package for {model or 'the default model'} yet; run `slm pull` first")
     from export import build_package     # needs the export extra (torch, transformers, onnx)
     build_package(source, target)
+    if target == default_package():
+        from runtime.eviction.namm import install_scorer_file
+        install_scorer_file(target)         # the default model's evolved NAMM scorer
     return target

@@ -225,3 +225,22 @@ def test_opening_prior_ranks_by_mean_attention_and_the_opening():
                    opening=np.random.default_rng(5).uniform(0, 0.3, view.positions.shape).astype(np.float32))
     scores = NAMM(BackwardAttentionMemory.from_vector(base)).score(view)
     assert (np.argsort(scores, -1)[..., :10] == np.argsort(view.opening, -1)[..., :10]).all()
+
+
+def test_the_default_models_shipped_scorer_installs_and_evicts_within_budget(default_gguf_package, tmp_path):
+    from runtime.eviction.namm import SHIPPED, install_scorer_file
+    pkg = tmp_path / "default"
+    shutil.copytree(default_gguf_package, pkg)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a scorer")
+    with pytest.raises(PackageError, match="unreadable"):
+        install_scorer_file(pkg, bad)
+    assert read_manifest(pkg).namm_file == "" and not (pkg / "namm.npz").exists()     # untouched
+    install_scorer_file(pkg)
+    assert read_manifest(pkg).namm_file == "namm.npz"
+    assert (pkg / "namm.npz").read_bytes() == SHIPPED.read_bytes()
+    engine = Engine(pkg, threads=1, kv_budget=64, kv_policy="namm")
+    sizes = []
+    for event in engine.generate("Tell me a long story about a dragon and a lantern.", max_tokens=80):
+        sizes.append(engine.cache.length)
+    assert engine.cache.evicted > 0 and max(sizes) <= 64

@@ -196,6 +196,27 @@ def load_scorer(path: str | Path) -> tuple[BackwardAttentionMemory, dict]:
     return BackwardAttentionMemory(**arrays), header
 
 
+# the scorer evolved for the embedded default model (docs/NAMM.md, seventh run, 12 generations);
+# `slm pull` installs it into the default package
+SHIPPED = Path(__file__).resolve().parent / "scorers" / "smollm2-135m-instruct.npz"
+NAMM_FILE = "namm.npz"
+
+
+def install_scorer_file(package: str | Path, scorer_file: str | Path = SHIPPED) -> Path:
+    """Copy a scorer file into a package folder and name it in the manifest (checked first: a file
+    that does not load is refused before the package is touched)."""
+    from dataclasses import replace
+
+    from slm.package import read_manifest, write_manifest
+    load_scorer(scorer_file)
+    package = Path(package)
+    manifest = read_manifest(package)
+    target = package / NAMM_FILE
+    target.write_bytes(Path(scorer_file).read_bytes())
+    write_manifest(package, replace(manifest, namm_file=NAMM_FILE))
+    return target
+
+
 @dataclass(frozen=True)
 class NAMM(Policy):
     """Neural Attention Memory Model (Cetin et al. 2024): an evolved backward-attention scorer over
