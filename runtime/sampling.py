@@ -128,7 +128,8 @@ def categorical(ids: np.ndarray, logits: np.ndarray, rng: np.random.Generator) -
 def candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
     """The ids a non-greedy draw chooses from and their tempered, filtered logits."""
     ids = np.arange(len(logits))
-    logits = (logits.astype(np.float64) - logits.max()) / params.temperature  # shifted: a tiny temperature must not overflow
+    with np.errstate(over="ignore"):    # shifted to <= 0: under a tiny temperature -inf is the exact limit (p = 0)
+        logits = (logits.astype(np.float64) - logits.max()) / params.temperature
     if params.top_k:
         ids, logits = top_k_filter(ids, logits, params.top_k)
     if params.top_p < 1.0:
