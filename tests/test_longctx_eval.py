@@ -45,3 +45,16 @@ def test_an_interrupted_evaluation_resumes_and_another_run_is_kept(tiny_package,
     assert evaluate.run(args) == 0
     assert json.loads((out / "results.previous.json").read_text()) == second
     assert json.loads((out / "results.previous-2.json").read_text()) == third
+
+
+def test_namm_is_evaluated_by_default_only_with_a_scorer(tiny_package, tmp_path):
+    import shutil
+
+    from evolve.cli import install
+    from runtime.eviction.namm import initial_vector
+    from runtime.longctx.evaluate import default_policies
+    assert "namm" not in default_policies(tiny_package) and "h2o" in default_policies(tiny_package)
+    pkg = tmp_path / "with-scorer"
+    shutil.copytree(tiny_package, pkg)
+    install(pkg, initial_vector(0, "opening"), {})
+    assert default_policies(pkg)[-1] == "namm"

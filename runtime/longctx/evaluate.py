@@ -16,7 +16,7 @@ from pathlib import Path
 
 from runtime.longctx.tasks import GENERATORS, HAYSTACKS, Case, longeval_lines, make_cases
 
-POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm")
+POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm", "namm")   # namm: when the package has a scorer
 BUDGETS = (0.5, 0.25, 0.125)
 
 
@@ -120,7 +120,8 @@ def plot(cells: list[dict], path: Path, title: str) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="PACKAGE_OR_SOURCE")
-    p.add_argument("--policies", nargs="*", default=list(POLICIES), choices=POLICIES)
+    p.add_argument("--policies", nargs="*", default=None, choices=POLICIES,
+                   help="default: all, namm only when the package has an evolved scorer")
     p.add_argument("--budgets", nargs="*", type=float, default=list(BUDGETS), help="fractions of the prompt (< 1)")
     p.add_argument("--tasks", nargs="*", default=list(GENERATORS), choices=list(GENERATORS))
     p.add_argument("--haystacks", nargs="*", default=list(HAYSTACKS), choices=HAYSTACKS)
@@ -133,6 +134,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cell", nargs=3, metavar=("PACKAGE", "POLICY", "BUDGET"), help=argparse.SUPPRESS)
 
 
+def default_policies(package: str | Path) -> list[str]:
+    """Every policy, namm only when the package has an evolved scorer."""
+    from slm.package import read_manifest
+    return [p for p in POLICIES if p != "namm" or read_manifest(package).namm_file]
+
+
 def run(args) -> int:
     """The parent: one process per cell, then the table and the plot."""
     if args.cell:
@@ -140,6 +147,8 @@ def run(args) -> int:
         return 0
     from slm.paths import resolve_package, write_atomic
     package = str(resolve_package(args.model))
+    if args.policies is None:
+        args.policies = default_policies(package)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     passthrough = ["--tasks", *args.tasks, "--haystacks", *args.haystacks, "--lengths", *map(str, args.lengths),
