@@ -26,7 +26,7 @@ import numpy as np
 GROUPS = {"heldout_tasks": (("niah_multivalue", "common_words"), ("repeated", "shakespeare")),
           "heldout_haystack": (("niah_single", "niah_multikey", "variable_tracking"), ("repeated",)),
           "train_tasks": (("niah_single", "niah_multikey", "variable_tracking"), ("shakespeare",))}
-POLICIES = ("streaming", "h2o", "tova", "snapkv", "namm")
+POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm", "namm")
 _STATS = ("positions", "cumulative", "recent", "last", "spectrum", "opening")
 
 
