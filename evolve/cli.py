@@ -7,21 +7,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
-from runtime.eviction.namm import NAMM_FILE  # noqa: E402 - one name for the scorer file
+from runtime.eviction.namm import NAMM_FILE
 
 
 def install(package: str | Path, theta, record: dict) -> Path:
     """Write the scorer into the package folder and name it in the manifest."""
-    from runtime.eviction.namm import BackwardAttentionMemory, save_scorer
-    from slm.package import read_manifest, write_manifest
-    package = Path(package)
-    manifest = read_manifest(package)
-    path = save_scorer(package / NAMM_FILE, BackwardAttentionMemory.from_vector(theta), record)
-    write_manifest(package, replace(manifest, namm_file=NAMM_FILE))
-    return path
+    from runtime.eviction.namm import BackwardAttentionMemory, install_scorer_file, save_scorer
+    path = save_scorer(Path(package) / NAMM_FILE, BackwardAttentionMemory.from_vector(theta), record)
+    return install_scorer_file(package, path)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -107,9 +107,9 @@ def search_space(cfg: EvolveConfig) -> tuple[np.ndarray, np.ndarray | None]:
     """(the full starting vector, the indices CMA-ES moves or None for all of them).
 
     "skip" searches 9 numbers instead of 1,071: the skip weights of the attention-mass EMAs, the mean
-    mass per query, log age, log position and what the token read in the opening. The sinusoids of age stay 0 (with fixed prompt lengths
-    they can encode where the training needles sit) and so does the network's output weight w2, so the
-    scorer is a linear ranking of the features. CMA-ES needs on the order of 10 x dimension
+    mass per query, log age, log position and what the token read in the opening. The sinusoids of
+    age stay 0 (with fixed prompt lengths they can encode where the training needles sit) and so does
+    the network's output weight w2, so the scorer is a linear ranking of the features. CMA-ES needs on the order of 10 x dimension
     evaluations per step of real progress; 1,054 dimensions (then) with ~150 evaluations per run never
     left the prior (docs/NAMM.md)."""
     from runtime.eviction.namm import FEATURES

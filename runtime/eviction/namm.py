@@ -208,11 +208,13 @@ def install_scorer_file(package: str | Path, scorer_file: str | Path = SHIPPED) 
     from dataclasses import replace
 
     from slm.package import read_manifest, write_manifest
+    from slm.paths import write_atomic
     load_scorer(scorer_file)
     package = Path(package)
     manifest = read_manifest(package)
     target = package / NAMM_FILE
-    target.write_bytes(Path(scorer_file).read_bytes())
+    if Path(scorer_file).resolve() != target.resolve():
+        write_atomic(target, Path(scorer_file).read_bytes())
     write_manifest(package, replace(manifest, namm_file=NAMM_FILE))
     return target
 
