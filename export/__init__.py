@@ -6,6 +6,7 @@ writes model.onnx (GroupQueryAttention, MatMulNBits), tokenizer.json and manifes
 """
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from export.architectures import float_weights, rotary_tables, spec_of
+from export.calibrate import activation_outliers
 from export.graph import build_graph
 from export.quantize import NBitsWeight, quantize_rtn
 from slm.errors import SlmError, SourceError
@@ -49,7 +51,17 @@ def quantize_weights(weights: dict, mode: str, *, block_size: int = 32, gguf_pat
         types = ",".join(f"{k}x{v}" for k, v in sorted(report["types"].items()))
         notes = f"blocks carried from GGUF ({types}); max |dequant - transformers| = {report['max_abs_diff']:.2g}"
         if report["requantized_8bit"]:
-            notes += f"; re-quantised to 8 bits: {len(report['requantized_8bit'])} tensors"
+            from export.quantize import GGUF_BLOCKS
+            again = sorted({typ for _, typ, _ in report["requantized_8bit"]})
+            worst = max(err for _, _, err in report["requantized_8bit"])
+            notes += f"; re-quantised to 8 bits: {len(report['requantized_8bit'])} tensors ({', '.join(again)})"
+            _log(f"re-quantised {len(report['requantized_8bit'])} tensors of type {', '.join(again)} to 8 bits (RTN, "
+                 f"block 32): they have no exact MatMulNBits form (carried exactly: {', '.join(GGUF_BLOCKS)}); "
+                 f"measured cost: max |w - GGUF| = {worst:.2%} of the tensor's largest weight")
+        wide = {k: v for k, v in report["types"].items() if k in ("Q5_0", "Q6_K")}
+        if wide:
+            _log(f"carried {', '.join(f'{k} x{v}' for k, v in sorted(wide.items()))} (5/6-bit codes) exactly in "
+                 f"MatMulNBits' 8-bit containers: 8 bits a code instead of 5/6 (docs/BENCHMARKS.md)")
         bits = min(w.bits for w in carried.values())
         return out, Quantization(mode="gguf", bits=bits, block_size=min(w.block_size for w in carried.values()),
                                  source=f"gguf:{types}", notes=notes)
@@ -82,9 +94,11 @@ def _fine_tuned_from_gguf(src) -> str | None:
 def build_package(source: str | Source | None, out: str | Path, *, quant: str | None = None,
                   accuracy_level: int = 4, block_size: int = 32, max_positions: int | None = None,
                   attention_stats: bool = True, model=None, tokenizer=None, overwrite: bool = True,
-                  head_topk: int = 0) -> Manifest:
+                  head_topk: int = 0, outliers: int = 8) -> Manifest:
     """Export `source` into the package folder `out`. `quant=None` picks "gguf" for a GGUF source
-    (its own blocks carried over) and "int4" otherwise. `model`/`tokenizer` skip loading (tests)."""
+    (its own blocks carried over) and "int4" otherwise. `model`/`tokenizer` skip loading (tests).
+    `outliers`: with int8 activations (accuracy_level 4), up to this many outlier channels per
+    quantised input go through an exact fp32 path (export.calibrate; 0 = off)."""
     t0 = time.time()
     src = source if isinstance(source, Source) or model is not None else resolve_source(source)
     base = _fine_tuned_from_gguf(src)
@@ -117,19 +131,35 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
     if head_topk < 0 or head_topk > spec.vocab_size:
         raise SlmError(f"--head-topk {head_topk} must be 0 (off) or between 1 and the vocabulary ({spec.vocab_size})")
     qrec = Quantization(**{**qrec.__dict__, "accuracy_level": accuracy_level if qrec.bits else 0, "head_topk": head_topk})
+    if outliers < 0:
+        raise SlmError(f"--outliers {outliers} must be 0 (off) or the most channels per input kept in fp32")
+    channels = {}
+    if outliers and qrec.bits and accuracy_level == 4:
+        channels = activation_outliers(model, tokenizer, outliers)
+        _log(f"calibrated int8-activation outliers: {sum(map(len, channels.values()))} channels over "
+             f"{len(channels)} inputs go through fp32 (at most {outliers} per input)")
+    qrec = Quantization(**{**qrec.__dict__, "outliers": outliers if channels else 0,
+                           "notes": qrec.notes + (f"; {sum(map(len, channels.values()))} outlier channels in fp32 "
+                                                  f"(LLM.int8() decomposition)" if channels else "")})
     kv_dtype = "float16" if quant == "fp16" else "float32"
+    eos_ids = _eos_ids(model, tokenizer)
+    del model         # our reference: the fp32 weights are freed once only the carried blocks are needed
+    gc.collect()
     _log("building the graph")
     onnx_model, io, kv = build_graph(spec, weights, rope, kv_dtype=kv_dtype, accuracy_level=accuracy_level,
-                                     head_topk=head_topk)
+                                     head_topk=head_topk, outliers=channels)
     out = Path(out)
     if out.exists() and overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if attention_stats:
+        saved = _save_external(onnx_model, out / "model.onnx")
+        del onnx_model
         _log("building the attention-statistics graph (for attention-based KV eviction)")
         attn_model, io, _ = build_graph(spec, weights, rope, kv_dtype=kv_dtype, accuracy_level=accuracy_level,
-                                        attention_stats=True, head_topk=head_topk)
-        _save_pair(onnx_model, attn_model, out)
+                                        attention_stats=True, head_topk=head_topk, outliers=channels, saved=saved)
+        import onnx
+        onnx.save_model(attn_model, str(out / ATTENTION_MODEL))
     else:
         _save_onnx(onnx_model, out / "model.onnx")
     tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
@@ -141,7 +171,7 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
         kv=KVLayout(dtype=kv_dtype, default_capacity=max_pos, sliding_window=list(spec.sliding_window), **kv),
         quant=qrec, io=io, rope=_rope_record(rope, spec),
         attention_model_file=ATTENTION_MODEL if attention_stats else "",
-        bos_token_id=tokenizer.bos_token_id, eos_token_ids=_eos_ids(model, tokenizer),
+        bos_token_id=tokenizer.bos_token_id, eos_token_ids=eos_ids,
         pad_token_id=tokenizer.pad_token_id, chat_template=getattr(tokenizer, "chat_template", None),
         bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "",
         add_bos_token=bool(getattr(tokenizer, "add_bos_token", False)),
@@ -169,18 +199,14 @@ def _rope_record(rope: dict, spec) -> Rope:
     return Rope(inv_freq=inv, of_layer=list(spec.rope_of_layer))
 
 
-def _save_pair(plain, with_attention, out: Path) -> None:
-    """Both graphs read one weights file: save the plain one with external data, then point the
-    attention graph's initializers at the same bytes."""
+def _save_external(model, path: Path) -> dict:
+    """Save with the weights in one external file; return the written initializers (references to
+    that file) so that a second graph of the package points at the same bytes."""
     import onnx
 
-    onnx.save_model(plain, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=WEIGHTS_FILE, size_threshold=1024)
-    saved = {t.name: t for t in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.initializer}
-    inits = [saved.get(t.name, t) for t in with_attention.graph.initializer]
-    del with_attention.graph.initializer[:]
-    with_attention.graph.initializer.extend(inits)
-    onnx.save_model(with_attention, str(out / ATTENTION_MODEL))
+    return {t.name: t for t in onnx.load(str(path), load_external_data=False).graph.initializer}
 
 
 def _save_onnx(model, path: Path) -> None:

@@ -63,7 +63,8 @@ def carry_gguf(path: str, hf_weights: dict[str, np.ndarray], head_dim: int) -> t
             w = from_gguf(np.asarray(t.data), t.tensor_type.name, deq)
         except KeyError:
             w = quantize_rtn(target, 8, 32)
-            report["requantized_8bit"].append(name)
+            err = float(np.abs(w.dequantize() - target).max() / max(float(np.abs(target).max()), 1e-12))
+            report["requantized_8bit"].append((name, t.tensor_type.name, err))
             carried[name] = w
             continue
         orders = [None]

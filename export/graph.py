@@ -56,9 +56,10 @@ class Spec:
 class Graph:
     """A list of nodes and initializers; `op` returns the output name(s)."""
 
-    def __init__(self, float_type: int):
+    def __init__(self, float_type: int, saved: dict[str, onnx.TensorProto] | None = None):
         self.nodes, self.inits, self.inputs, self.outputs = [], [], [], []
         self.float_type = float_type
+        self.saved = saved or {}        # initializers already written (external data): referenced, not copied
         self._n = 0
         self._init_names: set[str] = set()
 
@@ -67,6 +68,9 @@ class Graph:
         if name in self._init_names:
             return name
         self._init_names.add(name)
+        if name in self.saved:
+            self.inits.append(self.saved[name])
+            return name
         if array.dtype in (np.float32, np.float64, np.float16):
             array = array.astype(np.float16 if self.float_type == TensorProto.FLOAT16 else np.float32)
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
@@ -88,8 +92,12 @@ class Graph:
         self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
 
 
-def linear(g: Graph, x: str, w, name: str, bias: np.ndarray | None, accuracy_level: int) -> str:
-    """y = x @ W.T (+ b), W in torch layout (out, in): MatMulNBits when quantised, else MatMul."""
+def linear(g: Graph, x: str, w, name: str, bias: np.ndarray | None, accuracy_level: int,
+           outliers: np.ndarray | None = None) -> str:
+    """y = x @ W.T (+ b), W in torch layout (out, in): MatMulNBits when quantised, else MatMul.
+    `outliers`: input channels sent through an exact fp32 path (linear_with_outliers)."""
+    if outliers is not None and len(outliers) and isinstance(w, NBitsWeight):
+        return linear_with_outliers(g, x, w, name, bias, accuracy_level, outliers)
     if isinstance(w, NBitsWeight) and w.zero_points.dtype == np.float32 and w.bits == 4 and np.all(w.zero_points == 8):
         w = NBitsWeight(w.q, w.scales, np.zeros((0, 0), np.uint8), 4, w.block_size, w.source)   # symmetric (Q4_0)
     elif isinstance(w, NBitsWeight) and w.zero_points.dtype == np.float32:
@@ -107,25 +115,61 @@ def linear(g: Graph, x: str, w, name: str, bias: np.ndarray | None, accuracy_lev
     return y if bias is None else g.op("Add", [y, g.init(f"{name}.bias", bias)])
 
 
-def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, accuracy_level: int) -> str:
+def outlier_split(g: Graph, x: str, w: NBitsWeight, name: str, channels: np.ndarray) -> tuple[str, str, np.ndarray]:
+    """LLM.int8()'s mixed-precision decomposition (Dettmers et al. 2022), channels fixed at export
+    (export.calibrate): x without its outlier channels for the int8-activation kernel, whose per-block
+    activation scale they would otherwise set; the outlier channels themselves (B, S, c); and the
+    weights' columns for them (c, N), dequantised exactly from the carried blocks."""
+    mask = np.ones(w.shape[1], np.float32)
+    mask[channels] = 0.0
+    rest = g.op("Mul", [x, g.init(f"{name}.outlier_mask", mask)])
+    cols = g.op("Gather", [x, g.init(f"{name}.outlier_channels", channels.astype(np.int64))], axis=2)
+    return rest, cols, np.ascontiguousarray(w.columns(channels).T)
+
+
+def linear_with_outliers(g: Graph, x: str, w: NBitsWeight, name: str, bias, accuracy_level: int,
+                         channels: np.ndarray) -> str:
+    """The outlier channels in fp32, the rest through MatMulNBits (outlier_split):
+
+        x ─► Mul(mask, 0 at the outlier channels) ─► linear(W) (MatMulNBits) ─────────────────► + ─► y
+        └──► Gather(channels) (B, S, c) ─► MatMul(W[:, channels].T (c, N), dequantised exactly) ─┘
+
+    exact in real arithmetic. Blocks with float zero points fold the fp32 part into their side path.
+    """
+    if w.zero_points.dtype == np.float32 and not np.all(w.zero_points == 8):
+        return linear_float_zero_point(g, x, w, name, bias, accuracy_level, channels)
+    rest, cols, columns = outlier_split(g, x, w, name, channels)
+    main = linear(g, rest, w, name, bias, accuracy_level)
+    return g.op("Add", [main, g.op("MatMul", [cols, g.init(f"{name}.outlier_weight", columns)])])
+
+
+def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, accuracy_level: int,
+                            outliers: np.ndarray | None = None) -> str:
     """4-bit blocks with float zero points (GGUF Q4_1, Q4_K) on ONNX Runtime's fast symmetric kernel.
 
     w = s * (q - zp) = s * (q - 8) + o,   o = s * (8 - zp), one offset per block, so
 
-        x ─► MatMulNBits(q, s; zero point 8) ───────────────────────────► + ─► y
-        └──► sum x over each block (B, S, K/bs) ─► MatMul(o.T (K/bs, N)) ─┘
+        x ─► MatMulNBits(q, s; zero point 8; + bias) ─────────────────────────────────► + ─► y
+        └──► sum x over each block (B, S, K/bs) ─► MatMul(o.T (K/bs, N)) ──────────────┘
+                      with outliers: Concat the outlier channels (B, S, K/bs + c), and W[:, channels].T below o.T
 
     exact in real arithmetic; ONNX Runtime's CPU kernel for float zero points is ~20x slower.
     """
     n, k = w.shape
+    side = np.ascontiguousarray((w.scales * (8.0 - w.zero_points)).T)          # (K/bs, N)
+    if outliers is not None:
+        x, cols, columns = outlier_split(g, x, w, name, outliers)
+        side = np.concatenate([side, columns])
     ins = [x, g.init(f"{name}.qweight", w.packed()), g.init(f"{name}.scales", w.scales.reshape(-1))]
+    if bias is not None:
+        ins += ["", "", g.init(f"{name}.bias", bias)]
     main = g.op("MatMulNBits", ins, domain=MS, name=name, K=k, N=n, bits=4, block_size=w.block_size,
                 accuracy_level=accuracy_level)
-    offsets = w.scales * (8.0 - w.zero_points)                                   # (N, K/bs)
     blocks = g.op("Reshape", [x, g.init(f"{name}.block_shape", np.array([0, 0, k // w.block_size, w.block_size], np.int64))])
-    sums = g.op("ReduceSum", [blocks, g.init(f"{name}.block_axis", np.array([-1], np.int64))], keepdims=0)
-    y = g.op("Add", [main, g.op("MatMul", [sums, g.init(f"{name}.block_offsets", np.ascontiguousarray(offsets.T))])])
-    return y if bias is None else g.op("Add", [y, g.init(f"{name}.bias", bias)])
+    feats = g.op("ReduceSum", [blocks, g.init(f"{name}.block_axis", np.array([-1], np.int64))], keepdims=0)
+    if outliers is not None:
+        feats = g.op("Concat", [feats, cols], axis=-1)
+    return g.op("Add", [main, g.op("MatMul", [feats, g.init(f"{name}.block_offsets", side)])])
 
 
 def topk_rescored_head(g: Graph, h: str, table: NBitsWeight, k: int, accuracy_level: int, H: int) -> str:
@@ -146,6 +190,42 @@ def topk_rescored_head(g: Graph, h: str, table: NBitsWeight, k: int, accuracy_le
     h4 = g.op("Unsqueeze", [h, g.init("axes/2", np.array([2], np.int64))])                 # (B, S, 1, H)
     exact = g.op("ReduceSum", [g.op("Mul", [rows, h4]), g.init("axes/-1", np.array([-1], np.int64))], keepdims=0)
     return g.op("ScatterElements", [approx, ids, exact], axis=-1)
+
+
+def gather_4bit_rows(g: Graph, table: NBitsWeight, ids: str) -> str:
+    """An untied 4-bit embedding with float zero points (GGUF Q4_K, Q4_1), dequantised exactly on gather:
+
+        ids ─► Gather packed rows (B, S, H/2) uint8 ─► low, high nibbles ─► (B, S, H/bs, bs) float
+        ids ─► Gather scales, offsets (B, S, H/bs, 1) ─────────────────────► codes * scale + offset ─► (B, S, H)
+
+    4 bits and two fp32 numbers per block, as the GGUF's blocks hold them (GatherBlockQuantized would
+    need integer zero points, i.e. re-quantising)."""
+    v, h = table.shape
+    nb = h // table.block_size
+    packed = g.init("embed.qweight4", table.packed().reshape(v, h // 2))
+    rows = g.op("Gather", [packed, ids])                                                    # (B, S, H/2)
+    low = g.op("BitwiseAnd", [rows, g.init("embed.low_mask", np.array(15, np.uint8))])
+    high = g.op("BitShift", [rows, g.init("embed.shift", np.array(4, np.uint8))], direction="RIGHT")
+    pairs = g.op("Concat", [g.op("Unsqueeze", [low, g.init("axes/-1", np.array([-1], np.int64))]),
+                            g.op("Unsqueeze", [high, "axes/-1"])], axis=-1)               # (B, S, H/2, 2)
+    codes = g.op("Cast", [g.op("Reshape", [pairs, g.init("embed.block_shape", np.array([0, 0, nb, table.block_size], np.int64))])],
+                 to=TensorProto.FLOAT)
+    scale = g.op("Gather", [g.init("embed.row_scales", table.scales[..., None]), ids])    # (B, S, H/bs, 1)
+    offset = g.op("Gather", [g.init("embed.row_offsets", (-table.zero_points.astype(np.float32) * table.scales)[..., None].astype(np.float32)), ids])
+    x = g.op("Add", [g.op("Mul", [codes, scale]), offset])
+    return g.op("Reshape", [x, g.init("shape/hidden", np.array([0, 0, h], np.int64))])
+
+
+def requantize_8bit(w: NBitsWeight, why: str) -> NBitsWeight:
+    """Round-to-nearest 8 bits from the dequantised blocks, said on the console with its measured cost."""
+    import sys
+
+    new = quantize_rtn(w.dequantize(), 8, w.block_size)
+    err = float(np.abs(new.dequantize() - w.dequantize()).max())
+    print(f"[export] re-quantised {w.source} {w.shape} to 8 bits (RTN, block {w.block_size}) for {why}: "
+          f"max |w - carried| = {err:.3g} ({err / float(np.abs(w.dequantize()).max()):.2%} of the largest weight)",
+          file=sys.stderr, flush=True)
+    return new
 
 
 def fuse(weights: list, biases: list):
@@ -177,16 +257,21 @@ def head_rms_norm(g: Graph, x: str, gamma: str, eps: float, heads: int, head_dim
 
 def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.ndarray]], *,
                 kv_dtype: str = "float32", accuracy_level: int = 0,
-                attention_stats: bool = False, head_topk: int = 0) -> tuple[onnx.ModelProto, GraphIO, dict]:
-    """weights: HF names -> float array (torch layout) or NBitsWeight; rope: key -> (cos, sin) (P, hd/2).
+                attention_stats: bool = False, head_topk: int = 0,
+                outliers: dict[str, np.ndarray] | None = None,
+                saved: dict[str, onnx.TensorProto] | None = None) -> tuple[onnx.ModelProto, GraphIO, dict]:
+    """weights: HF names -> float array (torch layout) or NBitsWeight; rope: key -> (cos, sin) (P, hd/2);
+    outliers: input key ("model.layers.{i}.attn_in" / ".mlp_in", "head_in") -> channels kept in fp32;
+    saved: initializers another graph of the package already wrote, referenced by name (one weights file).
 
     Returns the model, its IO names, and the KV tensor names per layer.
     """
     ft = TensorProto.FLOAT16 if kv_dtype == "float16" else TensorProto.FLOAT
-    g = Graph(ft)
+    g = Graph(ft, saved)
     io = GraphIO(attention_mass=[f"attention_mass.{i}" for i in range(spec.num_layers)] if attention_stats else [])
     nh, nkv, hd, H = spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.hidden_size
     eps = spec.rms_norm_eps
+    outliers = outliers or {}
     ids = g.input(io.input_ids, TensorProto.INT64, ["batch", "seq"])
     pos = g.input(io.position_ids, TensorProto.INT64, ["batch", "seq"])
     seqlens_k = g.input(io.seqlens_k, TensorProto.INT32, ["batch"])
@@ -197,10 +282,12 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
 
     # --- embedding -------------------------------------------------------------------------------
     table = weights["model.embed_tokens.weight"]
-    if isinstance(table, NBitsWeight):
+    if isinstance(table, NBitsWeight) and table.bits == 4 and not spec.tied_embeddings:
+        x = gather_4bit_rows(g, table, ids)
+    elif isinstance(table, NBitsWeight):
         # 8-bit blocks (V, H/bs, bs), dequantised on gather; the same bytes serve a tied lm_head's MatMulNBits
         if table.bits != 8 or table.zero_points.dtype != np.uint8:
-            table = quantize_rtn(table.dequantize(), 8, table.block_size)
+            table = requantize_8bit(table, "the tied embedding/head (GatherBlockQuantized takes integer zero points)")
         x = g.op("GatherBlockQuantized", [g.init("embed.qweight", table.packed()), ids,
                                           g.init("embed.scales3d", table.scales[..., None]),
                                           g.init("embed.zero_points3d", table.zero_points[..., None])],
@@ -229,14 +316,15 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
         biases = [weights.get(a + f"{n}_proj.bias") for n in "qkv"]
         fused = fuse(projs, biases)
         if fused is not None:
-            qkv = linear(g, h, fused[0], a + "qkv_proj", fused[1], accuracy_level)
+            qkv = linear(g, h, fused[0], a + "qkv_proj", fused[1], accuracy_level, outliers.get(p + "attn_in"))
             if spec.qk_norm:
                 q, k, v = g.op("Split", [qkv, g.init(a + "qkv_split", np.array([nh * hd, nkv * hd, nkv * hd], np.int64))],
                                n_out=3, axis=-1)
             else:
                 q, k, v = qkv, "", ""                                # packed QKV into GQA
         else:
-            q, k, v = (linear(g, h, w, a + f"{n}_proj", b, accuracy_level) for w, b, n in zip(projs, biases, "qkv"))
+            q, k, v = (linear(g, h, w, a + f"{n}_proj", b, accuracy_level, outliers.get(p + "attn_in"))
+                       for w, b, n in zip(projs, biases, "qkv"))
         if spec.qk_norm:
             q = head_rms_norm(g, q, g.init(a + "q_norm.weight", weights[a + "q_norm.weight"]), eps, nh, hd)
             k = head_rms_norm(g, k, g.init(a + "k_norm.weight", weights[a + "k_norm.weight"]), eps, nkv, hd)
@@ -280,11 +368,11 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
         inter = weights[m + "gate_proj.weight"].shape[0]
         fused = fuse([weights[m + "gate_proj.weight"], weights[m + "up_proj.weight"]], [None, None])
         if fused is not None:
-            gate, up = g.op("Split", [linear(g, h, fused[0], m + "gate_up_proj", None, accuracy_level),
+            gate, up = g.op("Split", [linear(g, h, fused[0], m + "gate_up_proj", None, accuracy_level, outliers.get(p + "mlp_in")),
                                       g.init(m + "split", np.array([inter, inter], np.int64))], n_out=2, axis=-1)
         else:
-            gate = linear(g, h, weights[m + "gate_proj.weight"], m + "gate_proj", None, accuracy_level)
-            up = linear(g, h, weights[m + "up_proj.weight"], m + "up_proj", None, accuracy_level)
+            gate = linear(g, h, weights[m + "gate_proj.weight"], m + "gate_proj", None, accuracy_level, outliers.get(p + "mlp_in"))
+            up = linear(g, h, weights[m + "up_proj.weight"], m + "up_proj", None, accuracy_level, outliers.get(p + "mlp_in"))
         if spec.activation == "silu":
             act = g.op("QuickGelu", [gate], domain=MS, alpha=1.0)          # x * sigmoid(x)
         else:
@@ -311,7 +399,7 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
     elif head_topk and head is table and isinstance(table, NBitsWeight):
         logits = topk_rescored_head(g, h, table, head_topk, accuracy_level, H)
     else:
-        logits = linear(g, h, head, "embed" if head is table else "lm_head", None, accuracy_level)
+        logits = linear(g, h, head, "embed" if head is table else "lm_head", None, accuracy_level, outliers.get("head_in"))
     if spec.final_logit_softcap:
         c = g.init("logit_softcap", np.array(spec.final_logit_softcap, np.float32))
         logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c])]), c])

@@ -35,6 +35,12 @@ class NBitsWeight:
         zp = self.zero_points.astype(np.float32)[..., None]
         return ((q - zp) * self.scales[..., None]).reshape(n, k)
 
+    def columns(self, channels: np.ndarray) -> np.ndarray:
+        """The dequantised input columns `channels` (N, len(channels)), without dequantising the rest."""
+        blocks = channels // self.block_size
+        q = self.q[:, channels].astype(np.float32)
+        return (q - self.zero_points[:, blocks].astype(np.float32)) * self.scales[:, blocks]
+
     def packed(self) -> np.ndarray:
         """B input of MatMulNBits: uint8 (N, K // block_size, block_size * bits // 8)."""
         n, k = self.q.shape

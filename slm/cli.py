@@ -92,7 +92,7 @@ def cmd_export(args) -> None:
     from export import build_package
     build_package(args.src, args.out, quant=args.quant, accuracy_level=args.accuracy_level,
                   block_size=args.block_size, max_positions=args.max_positions,
-                  attention_stats=args.attention_stats, head_topk=args.head_topk)
+                  attention_stats=args.attention_stats, head_topk=args.head_topk, outliers=args.outliers)
     print(args.out)
 
 
@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-topk", type=int, default=0, metavar="K",
                    help="read a tied 8-bit head at 4 bits and re-score its top K logits from the 8-bit table "
                         "(fewer bytes per token; 0 = off; see docs/BENCHMARKS.md)")
+    p.add_argument("--outliers", type=int, default=8, metavar="N",
+                   help="with accuracy level 4: up to N calibrated outlier channels per quantised input go through an "
+                        "exact fp32 path instead of int8 activations (LLM.int8() decomposition; 0 = off; docs/BENCHMARKS.md)")
     p.add_argument("--no-attention-stats", dest="attention_stats", action="store_false",
                    help="skip the second graph with per-layer attention mass (needed by h2o, tova, snapkv, namm)")
     p.set_defaults(func=cmd_export)

@@ -63,6 +63,7 @@ class Quantization:
     source: str = ""            # e.g. "gguf:Q4_1" when GGUF blocks were carried over
     notes: str = ""
     head_topk: int = 0          # > 0: the tied head is read at 4 bits and its top k logits re-scored from the 8-bit table
+    outliers: int = 0           # > 0: up to this many calibrated outlier channels per input bypass int8 activations
 
 
 @dataclass(frozen=True)

@@ -74,5 +74,16 @@ def default_gguf_package(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def default_fp32_package(tmp_path_factory) -> Path:
+    """The embedded default model at fp32 (the GGUF dequantised): exact kernels, the same greedy
+    tokens on every CPU, where a quantised package's near-ties may fall either way."""
+    from export import build_package
+
+    out = tmp_path_factory.mktemp("pkg") / "smollm2-fp32"
+    build_package(None, out, quant="fp32", attention_stats=False)
+    return out
+
+
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
