@@ -78,12 +78,15 @@ def _nll(logits: np.ndarray, ids: np.ndarray) -> float:
     return float(np.mean(lse - lg[np.arange(len(t)), t]))
 
 
-# floors set below what was measured (docs/BENCHMARKS.md): perplexity ratio to fp32, top-1 agreement
+# Bounds that hold on every CPU's kernels: perplexity ratio to fp32 and top-1 agreement over 256
+# held-out tokens. Measured with the outlier decomposition (export.calibrate) on an AVX-512 VNNI host:
+# gguf x1.0019 / 0.969, int4 x1.0034 / 0.969, int8 x1.0118 / 0.949 (without it 0.941 / 0.938 for
+# int4 / int8); the floors leave room for other CPUs' kernels (AVX2: bench/isa_quality.py, docs/BENCHMARKS.md).
 @pytest.mark.parametrize("quant, accuracy_level, max_ppl_ratio, min_top1", [
     ("fp16", 0, 1.005, 0.98),
-    ("gguf", 4, 1.03, 0.90),
-    ("int4", 4, 1.05, 0.88),
-    ("int8", 4, 1.05, 0.88),
+    ("gguf", 4, 1.01, 0.94),
+    ("int4", 4, 1.015, 0.94),
+    ("int8", 4, 1.025, 0.92),
 ])
 def test_quantised_exports_stay_close_to_fp32(smollm2, tmp_path, quant, accuracy_level, max_ppl_ratio, min_top1):
     source, model, tok = smollm2
