@@ -136,10 +136,10 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
     channels = {}
     if outliers and qrec.bits and accuracy_level == 4:
         channels = activation_outliers(model, tokenizer, outliers)
-        _log(f"calibrated int8-activation outliers: {sum(map(len, channels.values()))} channels over "
+        _log(f"calibrated int8-activation outliers: {sum(len(o.channels) for o in channels.values())} channels over "
              f"{len(channels)} inputs go through fp32 (at most {outliers} per input)")
     qrec = Quantization(**{**qrec.__dict__, "outliers": outliers if channels else 0,
-                           "notes": qrec.notes + (f"; {sum(map(len, channels.values()))} outlier channels in fp32 "
+                           "notes": qrec.notes + (f"; {sum(len(o.channels) for o in channels.values())} outlier channels in fp32 "
                                                   f"(LLM.int8() decomposition)" if channels else "")})
     kv_dtype = "float16" if quant == "fp16" else "float32"
     eos_ids = _eos_ids(model, tokenizer)

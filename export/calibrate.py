@@ -4,11 +4,12 @@ With accuracy_level 4, ONNX Runtime quantises each block of 32 activations to in
 largest magnitude as its scale. A few hidden channels of every LLM carry activations tens of times
 larger than the rest ("massive activations"; LLM.int8(), Dettmers et al. 2022): the other 31 values
 of their block keep only a few bits. Those channels are the same for every input, so they are found
-once at export on calibration text and sent through an exact fp32 path (LLM.int8()'s mixed-precision
-decomposition; see export.graph.linear_with_outliers), while the int8 kernel sees the rest.
+once at export on calibration text: the norm before the projection scales them down to ordinary
+magnitudes and an exact fp32 path adds back the rest (LLM.int8()'s mixed-precision decomposition; see
+export.graph.linear_with_outliers), so the int8 kernel's blocks keep their precision.
 
-    channels = activation_outliers(model, tokenizer, max_channels=8)
-    # {"model.layers.3.attn_in": array([129, 31]), ..., "head_in": array([...])}
+    outliers = activation_outliers(model, tokenizer, max_channels=8)
+    # {"model.layers.3.attn_in": Outliers(channels=array([31, 129]), alpha=array([0.21, 0.08])), ..., "head_in": ...}
 
 The calibration text below is written for this purpose: it is neither evaluation data (Tiny
 Shakespeare, LongEval, the distillation tasks) nor a test prompt, and mixes prose, code, a list and
@@ -17,6 +18,8 @@ a chat turn so that the channels seen are those of ordinary use.
 from __future__ import annotations
 
 import numpy as np
+
+from export.graph import Outliers
 
 CALIBRATION_TEXT = """\
 The new library opened on the corner of Elm Street last spring. Its reading room faces the river, and on
@@ -61,9 +64,10 @@ def _input_of(module_name: str) -> str | None:
     return None
 
 
-def activation_outliers(model, tokenizer, max_channels: int) -> dict[str, np.ndarray]:
+def activation_outliers(model, tokenizer, max_channels: int) -> dict[str, Outliers]:
     """Per quantised input (each layer's attention and MLP input, and the head's): the channels whose
-    calibration amax is at least RATIO times the median channel's, largest first, at most max_channels."""
+    calibration amax is at least RATIO times the median channel's, largest first, at most max_channels;
+    each scaled by alpha down to the largest ordinary channel's amax."""
     import torch
 
     amax: dict[str, np.ndarray] = {}
@@ -85,8 +89,12 @@ def activation_outliers(model, tokenizer, max_channels: int) -> dict[str, np.nda
             h.remove()
     out = {}
     for key, a in amax.items():
-        order = np.argsort(a)[::-1][:max_channels]
-        chosen = order[a[order] >= RATIO * max(float(np.median(a)), 1e-12)]
+        order = np.argsort(a)[::-1]
+        top = order[:max_channels]
+        chosen = top[a[top] >= RATIO * max(float(np.median(a)), 1e-12)]
         if chosen.size:
-            out[key] = np.sort(chosen).astype(np.int64)
+            ordinary = float(a[order[len(chosen)]])          # the largest channel left to the int8 kernel
+            chosen = np.sort(chosen)
+            out[key] = Outliers(channels=chosen.astype(np.int64),
+                                alpha=np.minimum(1.0, ordinary / a[chosen]).astype(np.float32))
     return out

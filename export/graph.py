@@ -93,11 +93,14 @@ class Graph:
 
 
 def linear(g: Graph, x: str, w, name: str, bias: np.ndarray | None, accuracy_level: int,
-           outliers: np.ndarray | None = None) -> str:
+           outliers: "Outliers | None" = None) -> str:
     """y = x @ W.T (+ b), W in torch layout (out, in): MatMulNBits when quantised, else MatMul.
-    `outliers`: input channels sent through an exact fp32 path (linear_with_outliers)."""
-    if outliers is not None and len(outliers) and isinstance(w, NBitsWeight):
+    `outliers`: input channels scaled down in x whose remainder goes through fp32 (linear_with_outliers)."""
+    if outliers is not None and isinstance(w, NBitsWeight):
         return linear_with_outliers(g, x, w, name, bias, accuracy_level, outliers)
+    if outliers is not None:            # float weights: undo the norm's scaling in the columns themselves
+        w = w.astype(np.float32).copy()
+        w[:, outliers.channels] /= outliers.alpha
     if isinstance(w, NBitsWeight) and w.zero_points.dtype == np.float32 and w.bits == 4 and np.all(w.zero_points == 8):
         w = NBitsWeight(w.q, w.scales, np.zeros((0, 0), np.uint8), 4, w.block_size, w.source)   # symmetric (Q4_0)
     elif isinstance(w, NBitsWeight) and w.zero_points.dtype == np.float32:
@@ -115,60 +118,75 @@ def linear(g: Graph, x: str, w, name: str, bias: np.ndarray | None, accuracy_lev
     return y if bias is None else g.op("Add", [y, g.init(f"{name}.bias", bias)])
 
 
-def outlier_split(g: Graph, x: str, w: NBitsWeight, name: str, channels: np.ndarray) -> tuple[str, str, np.ndarray]:
-    """LLM.int8()'s mixed-precision decomposition (Dettmers et al. 2022), channels fixed at export
-    (export.calibrate): x without its outlier channels for the int8-activation kernel, whose per-block
-    activation scale they would otherwise set; the outlier channels themselves (B, S, c); and the
-    weights' columns for them (c, N), dequantised exactly from the carried blocks."""
-    mask = np.ones(w.shape[1], np.float32)
-    mask[channels] = 0.0
-    rest = g.op("Mul", [x, g.init(f"{name}.outlier_mask", mask)])
-    cols = g.op("Gather", [x, g.init(f"{name}.outlier_channels", channels.astype(np.int64))], axis=2)
-    return rest, cols, np.ascontiguousarray(w.columns(channels).T)
+@dataclass(frozen=True)
+class Outliers:
+    """Input channels that int8 activations would clip the precision of (export.calibrate): the norm
+    that makes the input scales them by `alpha` (down to ordinary magnitudes), and an exact fp32 path
+    adds back the (1 - alpha) the int8 kernel did not see."""
+    channels: np.ndarray        # int64 (c,)
+    alpha: np.ndarray           # float32 (c,), each in (0, 1]
+
+
+def fold_outliers(gamma: np.ndarray, outliers: Outliers | None) -> np.ndarray:
+    """The norm weight that makes the scaled input: gamma * alpha at the outlier channels."""
+    if outliers is None:
+        return gamma
+    gamma = gamma.astype(np.float32).copy()
+    gamma[outliers.channels] *= outliers.alpha
+    return gamma
+
+
+def outlier_columns(w: NBitsWeight, outliers: Outliers) -> np.ndarray:
+    """(c, N): what the scaled-down channels still owe, (1/alpha - 1) * W[:, channels].T, from the blocks' exact values."""
+    return np.ascontiguousarray((w.columns(outliers.channels) * (1.0 / outliers.alpha - 1.0)).T.astype(np.float32))
 
 
 def linear_with_outliers(g: Graph, x: str, w: NBitsWeight, name: str, bias, accuracy_level: int,
-                         channels: np.ndarray) -> str:
-    """The outlier channels in fp32, the rest through MatMulNBits (outlier_split):
+                         outliers: Outliers) -> str:
+    """LLM.int8()'s mixed-precision decomposition (Dettmers et al. 2022), channels fixed at export. The
+    input x arrives with its outlier channels scaled by alpha (fold_outliers, in the norm: no op), so
+    they no longer set their blocks' int8 scale; the rest of them goes through fp32:
 
-        x ─► Mul(mask, 0 at the outlier channels) ─► linear(W) (MatMulNBits) ─────────────────► + ─► y
-        └──► Gather(channels) (B, S, c) ─► MatMul(W[:, channels].T (c, N), dequantised exactly) ─┘
+        x ─► linear(W) (MatMulNBits, int8 activations) ─────────────────────────────────────► + ─► y
+        └──► Gather(channels) (B, S, c) ─► MatMul((1/alpha - 1) * W[:, channels].T (c, N)) ───┘
 
     exact in real arithmetic. Blocks with float zero points fold the fp32 part into their side path.
     """
     if w.zero_points.dtype == np.float32 and not np.all(w.zero_points == 8):
-        return linear_float_zero_point(g, x, w, name, bias, accuracy_level, channels)
-    rest, cols, columns = outlier_split(g, x, w, name, channels)
-    main = linear(g, rest, w, name, bias, accuracy_level)
-    return g.op("Add", [main, g.op("MatMul", [cols, g.init(f"{name}.outlier_weight", columns)])])
+        return linear_float_zero_point(g, x, w, name, bias, accuracy_level, outliers)
+    main = linear(g, x, w, name, bias, accuracy_level)
+    cols = g.op("Gather", [x, g.init(f"{name}.outlier_channels", outliers.channels.astype(np.int64))], axis=2)
+    return g.op("Add", [main, g.op("MatMul", [cols, g.init(f"{name}.outlier_weight", outlier_columns(w, outliers))])])
 
 
 def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, accuracy_level: int,
-                            outliers: np.ndarray | None = None) -> str:
+                            outliers: Outliers | None = None) -> str:
     """4-bit blocks with float zero points (GGUF Q4_1, Q4_K) on ONNX Runtime's fast symmetric kernel.
 
     w = s * (q - zp) = s * (q - 8) + o,   o = s * (8 - zp), one offset per block, so
 
-        x ─► MatMulNBits(q, s; zero point 8; + bias) ─────────────────────────────────► + ─► y
-        └──► sum x over each block (B, S, K/bs) ─► MatMul(o.T (K/bs, N)) ──────────────┘
-                      with outliers: Concat the outlier channels (B, S, K/bs + c), and W[:, channels].T below o.T
+        x ─► MatMulNBits(q, s; zero point 8; + bias) ──────────────────────────────────────► + ─► y
+        └──► MatMul(P (K, K/bs [+ c])) ─► block sums [, outlier channels] ─► MatMul(o.T [; outlier_columns]) ─┘
 
-    exact in real arithmetic; ONNX Runtime's CPU kernel for float zero points is ~20x slower.
+    P sums each block (and, with outliers, copies their channels), one op for Reshape + ReduceSum +
+    Gather + Concat. Exact in real arithmetic; ONNX Runtime's CPU kernel for float zero points is ~20x slower.
     """
     n, k = w.shape
+    nb = k // w.block_size
     side = np.ascontiguousarray((w.scales * (8.0 - w.zero_points)).T)          # (K/bs, N)
+    pick = np.kron(np.eye(nb, dtype=np.float32), np.ones((w.block_size, 1), np.float32))   # (K, K/bs) block sums
+    pick_name = f"block_sums/{k}/{w.block_size}"
     if outliers is not None:
-        x, cols, columns = outlier_split(g, x, w, name, outliers)
-        side = np.concatenate([side, columns])
+        select = np.zeros((k, len(outliers.channels)), np.float32)
+        select[outliers.channels, np.arange(len(outliers.channels))] = 1.0
+        pick, pick_name = np.concatenate([pick, select], axis=1), f"{name}.block_sums_outliers"
+        side = np.concatenate([side, outlier_columns(w, outliers)])
     ins = [x, g.init(f"{name}.qweight", w.packed()), g.init(f"{name}.scales", w.scales.reshape(-1))]
     if bias is not None:
         ins += ["", "", g.init(f"{name}.bias", bias)]
     main = g.op("MatMulNBits", ins, domain=MS, name=name, K=k, N=n, bits=4, block_size=w.block_size,
                 accuracy_level=accuracy_level)
-    blocks = g.op("Reshape", [x, g.init(f"{name}.block_shape", np.array([0, 0, k // w.block_size, w.block_size], np.int64))])
-    feats = g.op("ReduceSum", [blocks, g.init(f"{name}.block_axis", np.array([-1], np.int64))], keepdims=0)
-    if outliers is not None:
-        feats = g.op("Concat", [feats, cols], axis=-1)
+    feats = g.op("MatMul", [x, g.init(pick_name, pick)])
     return g.op("Add", [main, g.op("MatMul", [feats, g.init(f"{name}.block_offsets", side)])])
 
 
@@ -258,10 +276,10 @@ def head_rms_norm(g: Graph, x: str, gamma: str, eps: float, heads: int, head_dim
 def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.ndarray]], *,
                 kv_dtype: str = "float32", accuracy_level: int = 0,
                 attention_stats: bool = False, head_topk: int = 0,
-                outliers: dict[str, np.ndarray] | None = None,
+                outliers: dict[str, Outliers] | None = None,
                 saved: dict[str, onnx.TensorProto] | None = None) -> tuple[onnx.ModelProto, GraphIO, dict]:
     """weights: HF names -> float array (torch layout) or NBitsWeight; rope: key -> (cos, sin) (P, hd/2);
-    outliers: input key ("model.layers.{i}.attn_in" / ".mlp_in", "head_in") -> channels kept in fp32;
+    outliers: input key ("model.layers.{i}.attn_in" / ".mlp_in", "head_in") -> Outliers (their remainder in fp32);
     saved: initializers another graph of the package already wrote, referenced by name (one weights file).
 
     Returns the model, its IO names, and the KV tensor names per layer.
@@ -303,7 +321,7 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
     residual, pending = x, None      # `pending` is the last sub-layer output not yet added to `residual`
     for i in range(spec.num_layers):
         p = f"model.layers.{i}."
-        ln1 = g.init(p + "input_layernorm.weight", weights[p + "input_layernorm.weight"])
+        ln1 = g.init(p + "input_layernorm.weight", fold_outliers(weights[p + "input_layernorm.weight"], outliers.get(p + "attn_in")))
         if pending is None:
             h = rms_norm(g, residual, ln1, eps)
         else:
@@ -360,7 +378,8 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
             ln2_name = p + "pre_feedforward_layernorm.weight"
         else:
             ln2_name = p + "post_attention_layernorm.weight"
-        h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [o, residual, g.init(ln2_name, weights[ln2_name])],
+        ln2 = g.init(ln2_name, fold_outliers(weights[ln2_name], outliers.get(p + "mlp_in")))
+        h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [o, residual, ln2],
                                  n_out=4, domain=MS, epsilon=eps)
 
         # MLP
@@ -387,7 +406,9 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
     end, axis = g.init("slice/end", np.array([2 ** 62], np.int64)), g.init("slice/axis", np.array([1], np.int64))
     pending = g.op("Slice", [pending, start, end, axis])
     residual = g.op("Slice", [residual, start, end, axis])
-    h = g.op("SkipSimplifiedLayerNormalization", [pending, residual, g.init("model.norm.weight", weights["model.norm.weight"])],
+    head_outliers = None if head_topk else outliers.get("head_in")       # the re-scored head reads the norm as is
+    final_norm = g.init("model.norm.weight", fold_outliers(weights["model.norm.weight"], head_outliers))
+    h = g.op("SkipSimplifiedLayerNormalization", [pending, residual, final_norm],
              domain=MS, epsilon=eps)
     head = weights.get("lm_head.weight", table)
     if isinstance(head, np.ndarray) and head is table and not isinstance(table, NBitsWeight):
@@ -399,7 +420,7 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
     elif head_topk and head is table and isinstance(table, NBitsWeight):
         logits = topk_rescored_head(g, h, table, head_topk, accuracy_level, H)
     else:
-        logits = linear(g, h, head, "embed" if head is table else "lm_head", None, accuracy_level, outliers.get("head_in"))
+        logits = linear(g, h, head, "embed" if head is table else "lm_head", None, accuracy_level, head_outliers)
     if spec.final_logit_softcap:
         c = g.init("logit_softcap", np.array(spec.final_logit_softcap, np.float32))
         logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c])]), c])

@@ -10,7 +10,7 @@ import torch
 
 from export.architectures import float_weights, rotary_tables, spec_of
 from export.calibrate import activation_outliers
-from export.graph import build_graph
+from export.graph import Outliers, build_graph
 from export import quantize_weights
 from tests.conftest import tiny_llama
 
@@ -37,11 +37,14 @@ def _planted_model():
 
 def test_calibration_finds_the_planted_outlier_channels(smollm2_tokenizer):
     found = activation_outliers(_planted_model(), smollm2_tokenizer, max_channels=4)
-    assert 5 in found["model.layers.0.attn_in"]
-    assert 9 in found["model.layers.1.mlp_in"]
-    assert all(len(c) <= 4 for c in found.values())
+    assert 5 in found["model.layers.0.attn_in"].channels
+    assert 9 in found["model.layers.1.mlp_in"].channels
+    assert all(len(o.channels) <= 4 and np.all((o.alpha > 0) & (o.alpha <= 1)) for o in found.values())
+    # scaled down to ordinary magnitudes: the planted x40 channel by about 1/40 or more
+    planted = found["model.layers.0.attn_in"]
+    assert planted.alpha[list(planted.channels).index(5)] < 0.2
     # the chosen channels are never ordinary ones: without a plant layer 1's attention input has none of them
-    assert 5 not in found.get("model.layers.1.attn_in", [])
+    assert 5 not in getattr(found.get("model.layers.1.attn_in"), "channels", [])
 
 
 @pytest.mark.parametrize("quant", ["int4", "int8"])   # float zero points (side path) and uint8 zero points
@@ -50,12 +53,13 @@ def test_decomposition_is_exact_with_fp32_activations(quant):
     spec = spec_of(model.config, 64)
     weights, _ = quantize_weights(float_weights(model, spec), quant)
     rope = rotary_tables(model, spec, 64)
-    channels = {"model.layers.0.attn_in": np.array([5, 17]), "model.layers.1.mlp_in": np.array([9]),
-                "head_in": np.array([3, 60])}
+    channels = {"model.layers.0.attn_in": Outliers(np.array([5, 17]), np.array([0.05, 0.5], np.float32)),
+                "model.layers.1.mlp_in": Outliers(np.array([9]), np.array([0.1], np.float32)),
+                "head_in": Outliers(np.array([3, 60]), np.array([0.25, 0.3], np.float32))}
     ids = np.random.default_rng(0).integers(3, 49152, size=(1, 24)).astype(np.int64)
     plain = _logits(*build_graph(spec, weights, rope, accuracy_level=0), spec, ids)
     split_model, io, kv = build_graph(spec, weights, rope, accuracy_level=0, outliers=channels)
-    assert sum(n.op_type == "Gather" for n in split_model.graph.node) >= 3     # the fp32 path is in the graph
+    assert sum("outlier" in t.name for t in split_model.graph.initializer) >= 3   # the fp32 path is in the graph
     split = _logits(split_model, io, kv, spec, ids)
     assert np.abs(split - plain).max() <= 1e-4 * np.abs(plain).max()
 
@@ -70,7 +74,8 @@ def test_decomposition_cuts_the_int8_activation_error():
     ids = np.random.default_rng(1).integers(3, 49152, size=(1, 32)).astype(np.int64)
     exact = _logits(*build_graph(spec, weights, rope, accuracy_level=0), spec, ids)
     int8 = _logits(*build_graph(spec, weights, rope, accuracy_level=4), spec, ids)
-    channels = {"model.layers.0.attn_in": np.array([5]), "model.layers.1.mlp_in": np.array([9])}
+    channels = {"model.layers.0.attn_in": Outliers(np.array([5]), np.array([1 / 40], np.float32)),
+                "model.layers.1.mlp_in": Outliers(np.array([9]), np.array([1 / 40], np.float32))}
     split = _logits(*build_graph(spec, weights, rope, accuracy_level=4, outliers=channels), spec, ids)
     err_int8, err_split = np.abs(int8 - exact).mean(), np.abs(split - exact).mean()
     assert err_split < 0.5 * err_int8, (err_split, err_int8)
