@@ -1,10 +1,9 @@
 """Student training on a tiny random Llama: both losses fall, lam=0 is standard fine-tuning, resume after a kill."""
 import json
 import os
-import signal
+import shutil
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from distill.teachers import RecordedTeacher
 from distill.testing import save_tiny_student
 from distill.train import TrainConfig, train
 from slm.errors import SlmError
+from tests.killing import kill_mid_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,15 +80,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(setup):
            "--save-every", "2",
            "--eval-limit", "2", "--max-new-tokens", "4"]
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = out / "resume" / "progress.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (progress.is_file() and json.loads(progress.read_text())["step"] >= 4):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_mid_run(cmd, cwd=REPO, env=env, reached=lambda: json.loads(progress.read_text())["step"] >= 2,
+                 finished=(out / "training_record.json").exists, reset=lambda: shutil.rmtree(out))
     killed_at = json.loads(progress.read_text())["step"]
-    assert 4 <= killed_at < 8 and not (out / "training_record.json").exists()
+    assert 2 <= killed_at < 8 and not (out / "training_record.json").exists()
 
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from evolve.cma_es import EvolveConfig, evolve, load_checkpoint
+from tests.killing import kill_mid_run
 
 pytest.importorskip("cma")
 
@@ -43,15 +43,10 @@ def test_resume_after_a_kill_continues_the_same_run(tiny_package, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_cli(tiny_package, whole, 4), cwd=ROOT, check=True, capture_output=True)
 
-    proc = subprocess.Popen(_cli(tiny_package, killed, 4), cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = killed / "log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 2):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)                     # the run and its workers, mid-generation 3
-    proc.wait()
-    interrupted = load_checkpoint(killed)
+    kill_mid_run(_cli(tiny_package, killed, 4), cwd=ROOT, reached=lambda: len(log.read_text().splitlines()) >= 2,
+                 finished=lambda: load_checkpoint(killed)["generation"] == 4, reset=lambda: shutil.rmtree(killed))
+    interrupted = load_checkpoint(killed)                   # the run and its workers, killed after generation 2
     assert 2 <= interrupted["generation"] < 4
 
     subprocess.run(_cli(tiny_package, killed, 4), cwd=ROOT, check=True, capture_output=True)
