@@ -118,6 +118,7 @@ class ChatApp(App):
         status = self.query_one(StatusBar)
         if self.engine is not None:
             status.capacity, status.policy = self.engine.capacity, self.engine.kv_policy
+            status.context = self.engine.manifest.kv.default_capacity    # over capacity: capped (4,096 by default)
         self.title = f"slm · {self.model_name}"
 
     def show_chat_list(self) -> None:
