@@ -61,6 +61,17 @@ def test_lam_zero_is_standard_fine_tuning(setup):
     assert [r["label_loss"] for r in lam0.history] == pytest.approx([r["label_loss"] for r in standard.history])
 
 
+def test_a_partial_last_rationale_line_is_counted_in_left_out(setup):
+    root, base = setup
+    partial = root / "partial.jsonl"
+    partial.write_text(Path(base.rationales).read_text() + '{"id": "train-999", "task": "sva')   # a killed write
+    record = train(replace(base, out=str(root / "partial"), rationales=str(partial), steps=1, eval_limit=1,
+                           max_new_tokens=1))
+    assert record.left_out["partial_last_line"] == 1
+    assert "partial_last_line" not in train(replace(base, out=str(root / "whole"), steps=1, eval_limit=1,
+                                                    max_new_tokens=1)).left_out
+
+
 def test_config_errors_name_the_value(setup):
     _, base = setup
     with pytest.raises(SlmError, match="unknown label source 'gpt'; accepted: gold, teacher"):
