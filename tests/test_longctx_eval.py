@@ -68,5 +68,5 @@ def test_cases_longer_than_the_context_are_counted_in_the_table(tiny_package, tm
     assert all([("score" in r, "skipped" in r) for r in c["rows"]] == [(True, False), (False, True)] for c in cells)
     table = (tmp_path / "eval" / "table.md").read_text()
     assert table.count("| 1 (1 skipped) |") == 2         # full cache and streaming: one scored, one left out
-    assert "1 cases are left out of every mean: longer than the model's context" in table
+    assert "1 of 2 cases are left out of every mean: longer than the model's context" in table
     assert "over 1 cases, 1 skipped" in capsys.readouterr().err

@@ -94,8 +94,8 @@ def summarise(cells: list[dict]) -> str:
     tasks = sorted({r["task"] for r in full["rows"]})
     skipped = sum("skipped" in r for r in full["rows"])
     if skipped:
-        lines += ["", f"{skipped} cases are left out of every mean: longer than the model's context (results.json "
-                      "lists them as skipped)."]
+        lines += ["", f"{skipped} of {len(full['rows'])} cases are left out of every mean: longer than the model's "
+                      "context (results.json lists them as skipped)."]
     lines += ["", "Per task (score at the smallest budget; full cache first):", "",
               "| task | full | " + " | ".join(p for p in POLICIES if any(c["policy"] == p for c in cells)) + " |",
               "|---|" + "---:|" * (1 + sum(any(c["policy"] == p for c in cells) for p in POLICIES))]
