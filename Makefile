@@ -1,12 +1,13 @@
 # Two commands on a fresh machine:
 #   make chat   set up .venv, prepare the default model, and chat with it
 #   make test   set up .venv and run the whole test suite (what CI runs)
+#   make test-fast   the same without the tests marked slow (those that run the real default model)
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup chat test bench clean
+.PHONY: setup chat test test-fast bench clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -23,6 +24,9 @@ chat: setup
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 bench: setup
 	$(BIN)/python bench/engine.py

@@ -8,7 +8,9 @@ Every peer runs in its own virtual environment under .bench-venvs/ (a missing on
 note; bench/peers/*.py say how each is driven). Every measurement is a fresh process (peak RSS is that
 run's own), on the same prompt token ids, the same number of new greedy tokens (end-of-sequence
 ignored) and the same thread count; runs are interleaved (the order of systems rotates each repeat)
-and the table shows medians with min-max spread. Writes docs/bench/compare.json and compare.png.
+and the table shows medians with min-max spread. Writes OUT.json and OUT.png (--out; default
+docs/bench/compare); the committed runs are docs/bench/compare-*.json, each with its command in
+docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 

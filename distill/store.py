@@ -108,8 +108,16 @@ class RationaleStore:
                             repaired_partial_lines=self.repaired_partial_lines)
 
 
+def unread_lines(path: str | Path) -> Counter:
+    """What `read_kept` leaves unread, by reason, for training's `left_out`: a partial last line a
+    killed run left (the next `rationales` run repairs it; until then its record is not there)."""
+    text = Path(path).read_bytes()
+    return Counter({"partial_last_line": 1}) if text and not text.endswith(b"\n") else Counter()
+
+
 def read_kept(path: str | Path) -> list[RationaleRecord]:
-    """The kept records of a store file, whatever teacher made it (for training)."""
+    """The kept records of a store file, whatever teacher made it (for training); a partial last line
+    is skipped, and counted by `unread_lines`."""
     path = Path(path)
     if not path.is_file():
         raise SlmError(f"rationale file not found: {path}")

@@ -27,7 +27,7 @@ from slm.errors import SlmError
 
 from distill import multitask
 from distill.evaluate import EvalResult, evaluate_model
-from distill.store import read_kept
+from distill.store import read_kept, unread_lines
 from distill.student import load_causal_lm, student_source
 from distill.tasks import get_task
 
@@ -126,6 +126,7 @@ def train(config: TrainConfig) -> TrainRecord:
     items, left_out = multitask.build_items(inputs, records, label_source=config.label_source)
     encoded, rejected = multitask.encode_items(tokenizer, items, config.max_len)
     left_out.update(rejected)
+    left_out.update(unread_lines(config.rationales) if records is not None else {})
     if not encoded:
         raise SlmError(f"no training examples left for task {config.task!r} (left out: {dict(left_out)})")
     loader = DataLoader(encoded, batch_size=config.batch_size, shuffle=True, drop_last=False,

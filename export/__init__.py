@@ -68,7 +68,9 @@ def quantize_weights(weights: dict, mode: str, *, block_size: int = 32, gguf_pat
     bits = {"int4": 4, "int8": 8}[mode]
     for name, w in weights.items():
         if _is_linear(name) or name == "model.embed_tokens.weight":
-            # embeddings and the head keep 8 bits: they measure far worse at 4 (docs/QUANTIZATION.md)
+            # embeddings and the head keep 8 bits, as the shipped GGUF keeps them (Q8_0). Not measured alone at
+            # 4 bits here; genai int4, which takes them to 4 bits too (symmetric), is +46% perplexity against
+            # fp32 (docs/BENCHMARKS.md, "Greedy agreement on 54 prompts"); --head-topk reads the head at 4
             b = 8 if name in ("model.embed_tokens.weight", "lm_head.weight") else bits
             out[name] = quantize_rtn(w, b, block_size)
     return out, Quantization(mode=mode, bits=bits, block_size=block_size,

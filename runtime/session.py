@@ -1,9 +1,12 @@
 """Opening an ONNX Runtime session on the best provider that really starts."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import onnxruntime as ort
+
+from slm.errors import ProviderFallbackWarning
 
 PROVIDERS = ("auto", "cpu", "cuda")
 
@@ -11,8 +14,8 @@ PROVIDERS = ("auto", "cpu", "cuda")
 def open_session(model_path: Path, provider: str = "auto", threads: int | None = None):
     """Return (session, provider used, one line saying which and why).
 
-    "auto" tries CUDA when the installed ONNX Runtime has it and falls back to the CPU; ONNX Runtime's
-    own stack of provider errors is silenced and summarised in the returned line.
+    "auto" tries CUDA when the installed ONNX Runtime has it and falls back to the CPU, with a
+    ProviderFallbackWarning; ONNX Runtime's own stack of provider errors is summarised in the line.
     """
     if provider not in PROVIDERS:
         raise ValueError(f"provider {provider!r} is unknown; accepted: {', '.join(PROVIDERS)}")
@@ -36,6 +39,7 @@ def open_session(model_path: Path, provider: str = "auto", threads: int | None =
             why = f"the CUDA provider failed to start ({str(e).splitlines()[0][:120]})"
         if provider == "cuda":
             raise RuntimeError(f"--provider cuda: {why}; use --provider cpu or auto")
+        warnings.warn(f"{model_path.parent.name}: running on CPU: {why}", ProviderFallbackWarning, stacklevel=3)
     elif provider == "cuda":
         raise RuntimeError("--provider cuda: this ONNX Runtime has no CUDA provider; install slm[cuda] "
                            "(onnxruntime-gpu) instead of slm[cpu], or use --provider cpu")

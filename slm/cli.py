@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from slm.errors import SlmError
+from slm.errors import ProviderFallbackWarning, SlmError
 
 EXIT_USER_ERROR = 2
 
@@ -30,9 +31,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 def _open_engine(package, args: argparse.Namespace):
     from runtime import Engine
 
-    return Engine(package, provider=args.provider, threads=args.threads, kv_budget=args.kv_budget,
-                  kv_policy=args.kv_policy, evict_chunk=args.evict_chunk, keep_recent=args.keep_recent,
-                  lookup=args.lookup)
+    with warnings.catch_warnings():       # the caller prints engine.provider_note, which says the same
+        warnings.simplefilter("ignore", ProviderFallbackWarning)
+        return Engine(package, provider=args.provider, threads=args.threads, kv_budget=args.kv_budget,
+                      kv_policy=args.kv_policy, evict_chunk=args.evict_chunk, keep_recent=args.keep_recent,
+                      lookup=args.lookup)
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -238,14 +241,22 @@ def build_parser() -> argparse.ArgumentParser:
     from evolve.cli import register as register_evolve      # `slm evolve`: NAMM scorer by CMA-ES
     register_evolve(sub)
 
-    try:
-        from distill.cli import register as register_distill
-    except ImportError:
-        pass
-    else:
-        d = sub.add_parser("distill", help="distilling step-by-step: rationales, train, eval")
-        register_distill(d.add_subparsers(dest="distill_command", required=True))
+    from distill.cli import register as register_distill     # stdlib only: listed whether or not its extra is in
+    d = sub.add_parser("distill", help="distilling step-by-step: rationales, train, eval (needs slm[distill])")
+    register_distill(d.add_subparsers(dest="distill_command", required=True))
     return parser
+
+
+EXTRA_OF_COMMAND = {"distill": "distill"}    # a third-party module missing here names the extra to install
+
+
+def _missing_extra(command: str, error: ModuleNotFoundError) -> str | None:
+    """'slm distill needs ...' when `error` is a third-party module of `command`'s extra; else None (a bug)."""
+    ours = {"slm", "runtime", "export", "distill", "evolve", "tui"}
+    extra = EXTRA_OF_COMMAND.get(command)
+    if extra is None or error.name is None or error.name.split(".")[0] in ours:
+        return None
+    return f"slm {command} needs the {extra} extra, which is not installed: pip install 'slm[{extra}]' ({error})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except SlmError as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ModuleNotFoundError as e:
+        message = _missing_extra(args.command, e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:
         return 0

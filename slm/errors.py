@@ -23,3 +23,8 @@ class PromptTooLongError(SlmError):
 
 class BudgetExceededError(SlmError):
     """The KV cache would exceed its budget and the policy is `none`."""
+
+
+class ProviderFallbackWarning(RuntimeWarning):
+    """The CUDA provider was there but did not start, so the engine runs on the CPU. The CLI and the
+    chat print the engine's `provider_note` themselves and silence this; a library user sees it."""

@@ -85,5 +85,15 @@ def default_fp32_package(tmp_path_factory) -> Path:
     return out
 
 
+REAL_MODEL_FIXTURES = {"default_gguf_package", "default_fp32_package", "smollm2"}     # the 135M weights, exported or loaded in torch
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that runs the real default model is `slow` (`make test-fast` leaves them out)."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

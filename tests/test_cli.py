@@ -49,3 +49,17 @@ def test_user_errors_are_one_line(tmp_path, tiny_package, make_args, message):
 def test_export_rejects_unknown_quant(tmp_path):
     out = slm("export", "default", str(tmp_path / "x"), "--quant", "int3")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_distill_without_its_extra_is_listed_and_names_the_extra(tmp_path):
+    """torch blocked as if slm[distill] were not installed: `slm distill` is still in the help, and
+    running it says what to install instead of a traceback."""
+    blocked = ("import sys; sys.modules['torch'] = None; from slm.cli import main; sys.exit(main(sys.argv[1:]))")
+    run = lambda *a: subprocess.run([sys.executable, "-c", blocked, *a], capture_output=True, text=True, timeout=120)
+    assert "distill" in run("--help").stdout
+    out = run("distill", "train", "--task", "svamp", "--student", str(tmp_path), "--rationales", str(tmp_path / "r"),
+              "--out", str(tmp_path / "o"))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("error: slm distill needs the distill extra, which is not installed: "
+                                 "pip install 'slm[distill]'"), out.stderr
+    assert "Traceback" not in out.stderr

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from distill.rationales import generate_rationales
-from distill.store import RationaleRecord, RationaleStore, read_kept
+from distill.store import RationaleRecord, RationaleStore, read_kept, unread_lines
 from distill.tasks import get_task
 from distill.teachers import HumanTeacher, RecordedTeacher, TeacherFailure
 from slm.errors import SlmError
@@ -36,7 +36,9 @@ def test_store_cuts_a_partial_last_line(tmp_path):
     with path.open("a") as f:
         f.write('{"id": "train-1", "task": "sva')  # what a kill in the middle of a write leaves
     assert [r.id for r in read_kept(path)] == ["train-0"]
+    assert unread_lines(path) == {"partial_last_line": 1}           # skipped, and counted for training's left_out
     store = RationaleStore(path, teacher="t", prompt_version="p")
+    assert unread_lines(path) == {}
     assert store.repaired_partial_lines == 1 and list(store.records) == ["train-0"]
     assert path.read_text().endswith("}\n")
 

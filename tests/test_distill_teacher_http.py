@@ -21,13 +21,20 @@ CANNED = "There are 2 and 3 more. 2 + 3 = 5. The answer is (2 + 3).\n\nQ: rambli
 
 
 class Server(ThreadingHTTPServer):
+    """Records every call. Nothing depends on timing: model 'slow' answers only once `release` is set
+    (so a client timeout is the only way out); with `hold_after` N, calls after the N-th wait for
+    `release` too (a run cannot finish before the test lets it); with `meet` N, the first calls wait (5 s
+    at most) until N are in flight together, so a client that overlaps its requests shows it."""
     daemon_threads = True
 
     def __init__(self, delay_s=0.0):
         super().__init__(("127.0.0.1", 0), Handler)
-        self.delay_s, self.lock, self.in_flight, self.max_in_flight = delay_s, threading.Lock(), 0, 0
+        self.delay_s, self.lock, self.in_flight, self.max_in_flight = delay_s, threading.Condition(), 0, 0
         self.calls: dict[str, int] = {}
         self.bodies: list[dict] = []
+        self.release = threading.Event()
+        self.hold_after: int | None = None
+        self.meet: int | None = None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -54,14 +61,21 @@ class Handler(BaseHTTPRequestHandler):
             s.calls[model] = s.calls.get(model, 0) + 1
             s.bodies.append(body)
             n = s.calls[model]
+            s.lock.notify_all()
+            need = s.meet
+            if need:
+                s.lock.wait_for(lambda: s.in_flight >= need, timeout=5)
+                s.meet = None                       # met (or never: then max_in_flight says so); wait no more
         try:
             time.sleep(s.delay_s)
+            if s.hold_after is not None and n > s.hold_after:
+                s.release.wait(timeout=60)
             if self.headers.get("Authorization") != "Bearer good-key":
                 return self._send(401, {"error": {"message": "invalid api key"}})
             if model == "missing":
                 return self._send(404, {"error": {"message": "model not found"}})
             if model == "slow":
-                time.sleep(1.0)
+                s.release.wait(timeout=60)
             if model == "flaky" and n <= 2:
                 return self._send(503, {"error": "overloaded"}, [("Retry-After", "0")])
             if self.path == "/v1/completions":
@@ -80,6 +94,7 @@ def server():
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
+    srv.release.set()
     srv.shutdown()
     srv.server_close()
 
@@ -93,6 +108,7 @@ def _teacher(srv, **kw):
 @pytest.mark.parametrize("endpoint", ["completions", "chat"])
 def test_answers_with_bounded_concurrency(server, tmp_path, endpoint):
     task = get_task("svamp")
+    server.meet = 2
     run = generate_rationales(task, "test", _teacher(server, endpoint=endpoint), tmp_path / "r.jsonl", limit=12)
     assert run.store.kept == 12 and run.failed == 0
     assert 1 < server.max_in_flight <= 3
@@ -111,11 +127,10 @@ def test_retries_with_backoff_then_succeeds(server, tmp_path):
 
 def test_timeouts_become_counted_failures_asked_again(server, tmp_path):
     out = tmp_path / "r.jsonl"
-    start = time.monotonic()
     run = generate_rationales(get_task("svamp"), "test", _teacher(server, model="slow", timeout_s=0.2, retries=1),
                               out, limit=2)
     assert run.failed == 2 and run.store.kept == 0 and "ReadTimeout" in next(iter(run.failures))
-    assert server.calls["slow"] == 4 and time.monotonic() - start < 5
+    assert server.calls["slow"] == 4                # each asked twice (retries=1), each time given up on
     assert not out.exists() or out.read_text() == ""
 
 
@@ -131,7 +146,7 @@ def test_auth_and_not_found_stop_the_run(server, tmp_path, kw, message):
 
 def test_resume_after_sigkill(server, tmp_path):
     """Kill the real CLI process mid-run, run it again: every input stored exactly once."""
-    server.delay_s = 0.02
+    server.delay_s, server.hold_after = 0.02, 40        # the first run cannot get past 40 answers
     out = tmp_path / "r.jsonl"
     cmd = [sys.executable, "-m", "distill", "rationales", "--task", "svamp", "--split", "test",
            "--teacher", "openai", "--model", "good", "--api-key", "good-key", "--concurrency", "2",
@@ -144,7 +159,8 @@ def test_resume_after_sigkill(server, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stored = out.read_text().count("\n")
-    assert proc.returncode == -signal.SIGKILL and 25 <= stored < 200, "the run must be killed mid-way"
+    assert proc.returncode == -signal.SIGKILL and 25 <= stored <= 40, "the run must be killed mid-way"
+    server.release.set()
 
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

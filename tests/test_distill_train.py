@@ -1,10 +1,9 @@
 """Student training on a tiny random Llama: both losses fall, lam=0 is standard fine-tuning, resume after a kill."""
 import json
 import os
-import signal
+import shutil
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from distill.teachers import RecordedTeacher
 from distill.testing import save_tiny_student
 from distill.train import TrainConfig, train
 from slm.errors import SlmError
+from tests.killing import kill_mid_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +61,17 @@ def test_lam_zero_is_standard_fine_tuning(setup):
     assert [r["label_loss"] for r in lam0.history] == pytest.approx([r["label_loss"] for r in standard.history])
 
 
+def test_a_partial_last_rationale_line_is_counted_in_left_out(setup):
+    root, base = setup
+    partial = root / "partial.jsonl"
+    partial.write_text(Path(base.rationales).read_text() + '{"id": "train-999", "task": "sva')   # a killed write
+    record = train(replace(base, out=str(root / "partial"), rationales=str(partial), steps=1, eval_limit=1,
+                           max_new_tokens=1))
+    assert record.left_out["partial_last_line"] == 1
+    assert "partial_last_line" not in train(replace(base, out=str(root / "whole"), steps=1, eval_limit=1,
+                                                    max_new_tokens=1)).left_out
+
+
 def test_config_errors_name_the_value(setup):
     _, base = setup
     with pytest.raises(SlmError, match="unknown label source 'gpt'; accepted: gold, teacher"):
@@ -80,15 +91,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(setup):
            "--save-every", "2",
            "--eval-limit", "2", "--max-new-tokens", "4"]
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = out / "resume" / "progress.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (progress.is_file() and json.loads(progress.read_text())["step"] >= 4):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_mid_run(cmd, cwd=REPO, env=env, reached=lambda: json.loads(progress.read_text())["step"] >= 2,
+                 finished=(out / "training_record.json").exists, reset=lambda: shutil.rmtree(out))
     killed_at = json.loads(progress.read_text())["step"]
-    assert 4 <= killed_at < 8 and not (out / "training_record.json").exists()
+    assert 2 <= killed_at < 8 and not (out / "training_record.json").exists()
 
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -74,18 +74,30 @@ def test_prefill_logits_match_pytorch(exported):
     assert rel < 1e-5, f"{name}: logits differ by {diff} (relative {rel})"
 
 
-def test_greedy_tokens_match_transformers_generate(exported, smollm2_tokenizer):
-    """32 greedy tokens through the engine (chunked prefill + shared-buffer decode) == HF generate."""
+def test_greedy_tokens_match_transformers_generate(exported):
+    """32 greedy tokens through the engine (chunked prefill + shared-buffer decode) against HF generate:
+    the engine's logits along HF's path equal HF's within a tolerance, and its tokens are HF's wherever
+    HF's top-2 margin is wider than that tolerance (a closer tie may fall either way on another CPU)."""
     name, model, package = exported
     engine = Engine(package, threads=1, prefill_chunk=7)      # several prefill chunks on purpose
     prompt = "The quick brown fox jumps over the lazy dog, then runs into the forest to find"
     ids = engine.encode(prompt, raw=True)
-    got = [e.token for e in engine.generate(prompt, raw=True, max_tokens=32)]
     with torch.no_grad():
-        ref = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, eos_token_id=None,
-                             pad_token_id=2)[0, len(ids):].tolist()
-    assert len(set(ref)) > 3, "degenerate reference; pick another seed"
-    assert got == ref, f"{name}: first difference at token {next(i for i, (a, b) in enumerate(zip(got, ref)) if a != b)}"
+        out = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, eos_token_id=None,
+                             pad_token_id=2, output_logits=True, return_dict_in_generate=True)
+    ref = out.sequences[0, len(ids):].numpy()
+    ref_logits = torch.cat(out.logits).float().numpy()                 # (32, vocab): the logits each token came from
+    cache = engine.new_cache()
+    forced = np.stack([engine.prefill(cache, ids).copy()] + [engine.decode_step(cache, int(t)).copy() for t in ref[:-1]])
+    tolerance = 1e-4 * np.abs(ref_logits).max()
+    assert np.abs(forced - ref_logits).max() < tolerance, f"{name}: logits differ along HF's tokens"
+    top2 = np.sort(ref_logits, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * tolerance
+    assert clear.sum() >= 24, f"{name}: only {clear.sum()} of 32 steps have a clear argmax"    # the check bites
+    assert (forced.argmax(1)[clear] == ref[clear]).all()
+    got = [e.token for e in engine.generate(prompt, raw=True, max_tokens=32)]
+    tie = next((i for i in range(32) if not clear[i]), 32)             # free-running: equal up to the first near-tie
+    assert got[:tie] == ref[:tie].tolist(), f"{name}: first difference at token {next(i for i in range(tie) if got[i] != ref[i])}"
 
 
 def test_decode_steps_match_full_forward(exported):

@@ -110,15 +110,15 @@ def test_conversation_outlives_the_rotary_table(tiny_package):
 def test_a_changed_last_turn_rewinds_instead_of_refilling(tiny_package):
     engine = Engine(tiny_package, threads=1, kv_budget=64, kv_policy="h2o", evict_chunk=8, keep_recent=16)
     cache = engine.cache
-    list(engine.generate("alpha " * 100, raw=True, max_tokens=4))      # long enough to evict
+    tokens = [e.token for e in engine.generate("alpha " * 100, raw=True, max_tokens=4)]     # long enough to evict
     assert cache.evicted > 0
     history = list(cache.history)
-    prompt_ids = engine.encode("alpha " * 100, raw=True)
+    # the history is every token fed, evicted ones included: the prompt, then each answer token but the last
+    assert history == engine.encode("alpha " * 100, raw=True) + tokens[:-1]
     # the same conversation, its last 3 tokens changed: rewind 3 recent (kept) tokens, feed the new ones
     new_ids = history[:-3] + [11, 12, 13, 14]
     Engine._reuse_or_reset(cache, new_ids)
     assert cache.history == history[:-3] and cache.evicted > 0          # not reset
-    assert len(prompt_ids) < len(history)
     # rewinding past evicted tokens is refused, so the caller resets
     assert not cache.rewind(10)
 

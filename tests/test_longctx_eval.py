@@ -58,3 +58,15 @@ def test_namm_is_evaluated_by_default_only_with_a_scorer(tiny_package, tmp_path)
     shutil.copytree(tiny_package, pkg)
     install(pkg, initial_vector(0, "opening"), {})
     assert default_policies(pkg)[-1] == "namm"
+
+
+def test_cases_longer_than_the_context_are_counted_in_the_table(tiny_package, tmp_path, capsys):
+    args = _args(tiny_package, tmp_path / "eval", [0.5])
+    args.lengths = [96, 2048]                           # the tiny model's context is 512 tokens
+    assert evaluate.run(args) == 0
+    cells = json.loads((tmp_path / "eval" / "results.json").read_text())["cells"]
+    assert all([("score" in r, "skipped" in r) for r in c["rows"]] == [(True, False), (False, True)] for c in cells)
+    table = (tmp_path / "eval" / "table.md").read_text()
+    assert table.count("| 1 (1 skipped) |") == 2         # full cache and streaming: one scored, one left out
+    assert "1 of 2 cases are left out of every mean: longer than the model's context" in table
+    assert "over 1 cases, 1 skipped" in capsys.readouterr().err

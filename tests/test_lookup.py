@@ -74,10 +74,14 @@ def test_lookup_keeps_the_budget_under_streaming_eviction(tiny_package):
 
 def test_lookup_with_sampling_is_seeded(tiny_package):
     engine = Engine(tiny_package, threads=1, lookup=4)
-    params = SamplingParams(temperature=0.8, top_p=0.95, repetition_penalty=1.1, seed=3)
-    a = [e.token for e in engine.generate(REPEATING, raw=True, max_tokens=60, params=params, cache=engine.new_cache())]
-    b = [e.token for e in engine.generate(REPEATING, raw=True, max_tokens=60, params=params, cache=engine.new_cache())]
-    assert a == b and len(a) == 60
+    def run(**change) -> list[int]:
+        params = SamplingParams(**{"temperature": 0.8, "top_p": 0.95, "repetition_penalty": 1.1, "seed": 3} | change)
+        return [e.token for e in engine.generate(REPEATING, raw=True, max_tokens=60, params=params,
+                                                 cache=engine.new_cache(), ignore_eos=True)]
+    a = run()
+    assert a == run() and len(a) == 60
+    # a random tiny model sampled at 0.8 for 60 tokens: another seed, or greedy, cannot give the same tokens
+    assert run(seed=4) != a and run(temperature=0.0) != a
 
 
 def test_lookup_with_a_statistics_policy_is_refused(tiny_package):

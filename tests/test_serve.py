@@ -101,16 +101,20 @@ def test_completions_are_raw_text(client, engine):
     assert "".join(c.choices[0].text for c in streamed if c.choices) == text
 
 
-def test_completions_default_to_16_tokens_like_openai(client):
+def test_completions_default_to_16_tokens_like_openai(client, engine):
     reply = client.completions.create(model=MODEL, prompt="Once upon a time", temperature=0)
-    assert reply.usage.completion_tokens <= 16
+    text, last = direct(engine, "Once upon a time", max_tokens=17, raw=True)
+    assert last.generated_tokens == 17                  # the model would go on: the cap, not an EOS, stops it
+    assert (reply.usage.completion_tokens, reply.choices[0].finish_reason) == (16, "length")
 
 
 def test_seed_reproduces_a_sampled_answer(client):
-    def ask():
-        return client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=10, temperature=1.0, seed=7,
-                                              extra_body={"top_k": 50}).choices[0].message.content
-    assert ask() == ask()
+    def ask(seed: int, temperature: float = 1.0):
+        return client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=24, temperature=temperature,
+                                              seed=seed, extra_body={"top_k": 50}).choices[0].message.content
+    assert ask(7) == ask(7)
+    # a random tiny model at temperature 1 over 24 tokens: another seed, or greedy, cannot give the same text
+    assert ask(8) != ask(7) and ask(7, temperature=0) != ask(7)
 
 
 def test_models_and_health(client, server):

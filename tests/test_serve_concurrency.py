@@ -1,8 +1,9 @@
 """Concurrent requests on one engine: each on its own pooled KV cache, a bounded line (429 beyond
 it), and a client that leaves mid-answer stops its generation and frees its slot.
 
-`PacedEngine` is the real engine with a hand on the throttle (a pause per token, or a gate before
-the first), so that "the slot is busy" lasts long enough to observe on a 2-core machine.
+`PacedEngine` is the real engine with a hand on the throttle (a pause per token, a gate before the
+first, or a hold after a few tokens that only the request's cancel event lifts), so that "the slot is
+busy" lasts as long as the test needs, however loaded the machine: nothing here asserts a duration.
 """
 from __future__ import annotations
 
@@ -21,11 +22,14 @@ MODEL = "tiny-llama"
 
 
 class PacedEngine:
-    """Delegates to a real Engine; `generate` sleeps `delay_s` per event and waits for `gate` first.
+    """Delegates to a real Engine; `generate` sleeps `delay_s` per event and waits for `gate` first; with
+    `hold_after` the first generation stops after that many events until its request is cancelled (30 s
+    at most, then it goes on, so a cancellation that never comes shows as a finish_reason, not a hang).
     Records each generation's last event, and counts `new_cache` calls."""
 
-    def __init__(self, engine: Engine, *, delay_s: float = 0.0, gate: threading.Event | None = None):
-        self.engine, self.delay_s, self.gate = engine, delay_s, gate
+    def __init__(self, engine: Engine, *, delay_s: float = 0.0, gate: threading.Event | None = None,
+                 hold_after: int | None = None):
+        self.engine, self.delay_s, self.gate, self.hold_after = engine, delay_s, gate, hold_after
         self.capacity, self.manifest, self.path = engine.capacity, engine.manifest, engine.path
         self.finished: list = []
         self.new_caches = 0
@@ -38,9 +42,12 @@ class PacedEngine:
         if self.gate is not None:
             assert self.gate.wait(timeout=30), "test gate never opened"
         last = None
-        for last in self.engine.generate(prompt, **kwargs):
+        for i, last in enumerate(self.engine.generate(prompt, **kwargs), 1):
             time.sleep(self.delay_s)
             yield last
+            if i == self.hold_after:
+                self.hold_after = None                  # the first generation only
+                kwargs["cancel"].wait(timeout=30)
         self.finished.append(last)
 
 
@@ -87,19 +94,17 @@ def test_concurrent_requests_use_separate_caches_and_match_solo_runs(engine):
 
 
 def test_client_leaving_mid_stream_cancels_and_frees_the_slot(engine):
-    paced = PacedEngine(engine, delay_s=0.01)       # 400 tokens would take 4 s
+    paced = PacedEngine(engine, hold_after=6)       # only the hang-up lets it past token 6
     with BackgroundServer(create_app(paced, model_id=MODEL, max_concurrent=1, max_queue=4)) as server:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0,
                                http_client=httpx.Client(trust_env=False))
-        t0 = time.monotonic()
         stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Go on."}],
                                                 max_tokens=400, temperature=0, stream=True)
         for i, _ in enumerate(stream):
             if i == 3:
                 break
         stream.close()                              # hang up
-        wait_for(lambda: len(paced.finished) == 1, what="the generation to stop")
-        assert time.monotonic() - t0 < 3.0
+        wait_for(lambda: len(paced.finished) == 1, timeout_s=60, what="the generation to stop")
         assert paced.finished[0].finish_reason == "cancelled" and paced.finished[0].generated_tokens < 400
         wait_for(lambda: health(server)["slots"]["idle"] == 1, what="the slot to be free")
         reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
@@ -108,12 +113,12 @@ def test_client_leaving_mid_stream_cancels_and_frees_the_slot(engine):
 
 
 def test_client_leaving_a_non_streaming_request_cancels_it(engine):
-    paced = PacedEngine(engine, delay_s=0.01)
+    paced = PacedEngine(engine, hold_after=2)       # it cannot answer before the client gives up
     with BackgroundServer(create_app(paced, model_id=MODEL, max_concurrent=1, max_queue=4)) as server:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server.url}/v1/chat/completions", json=chat_body("Go on.", 400), timeout=0.3,
                        trust_env=False)
-        wait_for(lambda: len(paced.finished) == 1, what="the generation to stop")
+        wait_for(lambda: len(paced.finished) == 1, timeout_s=60, what="the generation to stop")
         assert paced.finished[0].finish_reason == "cancelled"
         wait_for(lambda: health(server)["slots"]["idle"] == 1, what="the slot to be free")
         assert httpx.post(f"{server.url}/v1/chat/completions", json=chat_body("Hi", 3),
@@ -158,7 +163,7 @@ def test_openai_client_sees_429_as_rate_limit_error(engine):
 
 
 def test_shutdown_cancels_generations_that_outlast_the_grace_period(engine):
-    paced = PacedEngine(engine, delay_s=0.02)       # 400 tokens would take 8 s
+    paced = PacedEngine(engine, hold_after=2)       # it cannot finish before the grace period ends
     server = BackgroundServer(create_app(paced, model_id=MODEL, max_concurrent=1, max_queue=1),
                               graceful_shutdown_s=0.5)
     server.start()
@@ -167,9 +172,7 @@ def test_shutdown_cancels_generations_that_outlast_the_grace_period(engine):
             with client.stream("POST", f"{server.url}/v1/chat/completions",
                                json=chat_body("Go.", 400, stream=True)) as response:
                 next(response.iter_lines())
-                t0 = time.monotonic()
                 server.stop()                       # what Ctrl-C does, while the client still reads
-                assert time.monotonic() - t0 < 5
         finally:
             server.stop()
     assert paced.finished[0].finish_reason == "cancelled" and paced.finished[0].generated_tokens < 400

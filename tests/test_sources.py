@@ -30,6 +30,7 @@ def test_default_gguf_is_found_in_the_installed_wheel():
     assert src.kind == "gguf" and src.path == str(path)
 
 
+@pytest.mark.slow                              # loads the real model's weights in torch
 def test_gguf_loaded_model_saves_after_dropping_the_quantisation_record(tmp_path):
     from slm.sources import load_model
     model, tok = load_model(resolve_source(None))

@@ -194,6 +194,24 @@ def test_switch_conversations_and_restart_finds_history(engine, db):
     run(both())
 
 
+def test_status_line_says_when_the_cache_is_smaller_than_the_context(tiny_package, engine, db):
+    store = Store(db)
+
+    async def scenario():
+        for eng, capped in ((Engine(tiny_package, kv_budget=64), True), (engine, False)):
+            app = ChatApp(eng, store, settings=GREEDY)
+            async with app.run_test(size=(140, 30)) as pilot:
+                await pilot.pause(0.05)
+                line = str(app.query_one(StatusBar).render())
+                context = eng.manifest.kv.default_capacity      # 512 for the tiny model
+                assert f"0/{eng.capacity} tokens" in line
+                assert (f"(capped: context {context}, --kv-budget)" in line) == capped, line
+    try:
+        run(scenario())
+    finally:
+        store.close()
+
+
 def test_over_budget_prompt_shows_an_error_not_a_traceback(tiny_package, db):
     small = Engine(tiny_package, kv_budget=16)       # the chat template alone needs more than 16 tokens
     store = Store(db)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ from textual.worker import WorkerCancelled, WorkerFailed
 
 from runtime.events import GenerationEvent
 from runtime.sampling import SamplingParams
-from slm.errors import SlmError
+from slm.errors import ProviderFallbackWarning, SlmError
 from tui.messages import EngineFailed, EngineLoaded, PromptSubmitted
 from tui.screens import ConfirmScreen, HelpScreen, PackagePicker, RenameScreen, SettingsScreen
 from tui.store import UNTITLED, ChatSettings, Conversation, ReplyStats, Store, default_db_path
@@ -118,6 +119,7 @@ class ChatApp(App):
         status = self.query_one(StatusBar)
         if self.engine is not None:
             status.capacity, status.policy = self.engine.capacity, self.engine.kv_policy
+            status.context = self.engine.manifest.kv.default_capacity    # over capacity: capped (4,096 by default)
         self.title = f"slm · {self.model_name}"
 
     def show_chat_list(self) -> None:
@@ -298,7 +300,10 @@ class ChatApp(App):
             self.post_message(EngineFailed(path.name, "this chat was started without a way to open packages"))
             return
         try:
-            self.post_message(EngineLoaded(self.engine_factory(path)))
+            with warnings.catch_warnings():     # use_engine's notice says it, on the screen not on stderr
+                warnings.simplefilter("ignore", ProviderFallbackWarning)
+                engine = self.engine_factory(path)
+            self.post_message(EngineLoaded(engine))
         except (SlmError, ValueError, RuntimeError, OSError) as e:
             self.post_message(EngineFailed(path.name, str(e)))
 

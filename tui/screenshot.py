@@ -13,6 +13,7 @@ import asyncio
 import re
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 from runtime.events import GenerationEvent, KVStats
 
@@ -34,6 +35,7 @@ class CannedEngine:
                  kv_bytes: int = 2048 * 23040):
         self.path = Path(name)
         self.capacity = capacity
+        self.manifest = SimpleNamespace(kv=SimpleNamespace(default_capacity=capacity))   # uncapped: the whole context
         self.kv_policy = "none"
         self.provider = "cpu"
         self.provider_note = "canned replies"

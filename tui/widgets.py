@@ -166,6 +166,7 @@ class StatusBar(Widget):
 
     stats: reactive[ReplyStats | None] = reactive(None)
     capacity: reactive[int] = reactive(0)
+    context: reactive[int] = reactive(0)       # the model's context; more than `capacity` says the cache is capped
     policy: reactive[str] = reactive("none")
     generating: reactive[bool] = reactive(False)
 
@@ -186,5 +187,8 @@ class StatusBar(Widget):
         colour = "green" if fill < 0.7 else "yellow" if fill < 0.9 else "red"
         out.append("█" * cells, style=colour)
         out.append("░" * (self.METER_CELLS - cells), style="dim")
-        out.append(f" {cached}/{capacity} tokens · {evicted} evicted (policy {policy})")
+        out.append(f" {cached}/{capacity} tokens")
+        if self.context > capacity:
+            out.append(f" (capped: context {self.context}, --kv-budget)")
+        out.append(f" · {evicted} evicted (policy {policy})")
         return out

@@ -65,6 +65,12 @@ def _peak_rss_mib() -> float:
     return float("nan")
 
 
+def cases_scored(cells: list[dict]) -> str:
+    """'N (K skipped)': the cases a row's means are over, and those left out as longer than the context."""
+    counts = {(sum("score" in r for r in c["rows"]), sum("skipped" in r for r in c["rows"])) for c in cells}
+    return " / ".join(f"{n} ({k} skipped)" for n, k in sorted(counts))
+
+
 def summarise(cells: list[dict]) -> str:
     def mean(rows, key):
         vals = [r[key] for r in rows if key in r]
@@ -72,9 +78,10 @@ def summarise(cells: list[dict]) -> str:
     budgets = sorted({c["budget"] for c in cells if c["budget"] < 1}, reverse=True)
     full = next(c for c in cells if c["policy"] == "full")
     lines = ["| policy | " + " | ".join(f"score @{b:.1%}" for b in budgets) + " | KV MiB @" + f"{budgets[-1]:.1%}"
-             + " | decode tok/s | peak RSS MiB |", "|---|" + "---:|" * (len(budgets) + 3)]
+             + " | decode tok/s | peak RSS MiB | cases |", "|---|" + "---:|" * (len(budgets) + 4)]
     lines.append("| full cache (100%) | " + " | ".join(f"{mean(full['rows'], 'score'):.3f}" for _ in budgets)
-                 + f" | {mean(full['rows'], 'kv_bytes') / 2**20:.1f} | {mean(full['rows'], 'decode_tps'):.1f} | {full['peak_rss_mib']:.0f} |")
+                 + f" | {mean(full['rows'], 'kv_bytes') / 2**20:.1f} | {mean(full['rows'], 'decode_tps'):.1f} | {full['peak_rss_mib']:.0f}"
+                 + f" | {cases_scored([full])} |")
     for policy in POLICIES:
         row = [c for c in cells if c["policy"] == policy]
         if not row:
@@ -83,8 +90,12 @@ def summarise(cells: list[dict]) -> str:
         low = by.get(budgets[-1], row[0])
         lines.append(f"| {policy} | " + " | ".join(f"{mean(by[b]['rows'], 'score'):.3f}" if b in by else "—" for b in budgets)
                      + f" | {mean(low['rows'], 'kv_bytes') / 2**20:.1f} | {statistics.mean(mean(c['rows'], 'decode_tps') for c in row):.1f}"
-                     + f" | {max(c['peak_rss_mib'] for c in row):.0f} |")
+                     + f" | {max(c['peak_rss_mib'] for c in row):.0f} | {cases_scored(row)} |")
     tasks = sorted({r["task"] for r in full["rows"]})
+    skipped = sum("skipped" in r for r in full["rows"])
+    if skipped:
+        lines += ["", f"{skipped} of {len(full['rows'])} cases are left out of every mean: longer than the model's "
+                      "context (results.json lists them as skipped)."]
     lines += ["", "Per task (score at the smallest budget; full cache first):", "",
               "| task | full | " + " | ".join(p for p in POLICIES if any(c["policy"] == p for c in cells)) + " |",
               "|---|" + "---:|" * (1 + sum(any(c["policy"] == p for c in cells) for p in POLICIES))]
@@ -167,8 +178,9 @@ def run(args) -> int:
             raise SystemExit(f"cell {policy} @ {budget} failed")
         cells.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         scored = [r["score"] for r in cells[-1]["rows"] if "score" in r]
-        print(f"[longctx] {policy:9s} @ {budget:6.1%}: score {statistics.mean(scored):.3f} over {len(scored)} cases "
-              f"({time.time() - t0:.0f} s)", file=sys.stderr)
+        skipped = sum("skipped" in r for r in cells[-1]["rows"])
+        print(f"[longctx] {policy:9s} @ {budget:6.1%}: score {statistics.mean(scored) if scored else float('nan'):.3f} "
+              f"over {len(scored)} cases, {skipped} skipped (over the context) ({time.time() - t0:.0f} s)", file=sys.stderr)
         write_atomic(out / "results.json", json.dumps({"package": package, "args": record, "cells": cells}, indent=1).encode())
     table = summarise(cells)
     (out / "table.md").write_text(table + "\n")
