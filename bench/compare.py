@@ -33,6 +33,8 @@ VENVS = ROOT / ".bench-venvs"
 HAYSTACK = ROOT.parent / "shared" / "data" / "haystack-tinyshakespeare" / "input.txt"
 PROMPT_OFFSET = 50_000          # prompts start here in the haystack; bench/quality.py scores text after it
 OUT = ROOT / "docs" / "bench"
+QWEN_GGUF = Path.home() / ".cache" / "slm" / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+QWEN_PACKAGE = Path.home() / ".cache" / "slm" / "packages" / "qwen2.5-coder-1.5b"
 
 
 def bench_dir() -> Path:
@@ -50,6 +52,7 @@ class System:
     weights: str        # what the weights are, in words
     prepare: dict | None = None     # the job that builds `model`, run by the same peer: {"model": .., "variant": ..}
     options: dict = field(default_factory=dict)     # extra settings of the speed job, e.g. {"lookup": 8}
+    family: str = "smollm2"     # which model: the prompt ids come from that family's slm package's tokenizer
 
     @property
     def python(self) -> Path:
@@ -82,9 +85,9 @@ def systems() -> list[System]:
     b, pk, gguf = bench_dir(), cache_dir(), str(default_gguf())
     hf = str(b / "smollm2-135m-instruct-hf")
 
-    def slm(name, folder, weights, variant, source=gguf, head_topk=0, **options):
+    def slm(name, folder, weights, variant, source=gguf, head_topk=0, family="smollm2", **options):
         prepare = {"model": source, "variant": variant, **({"head_topk": head_topk} if head_topk else {})}
-        return System(name, "slm_engine", "main", str(folder), weights, prepare, options)
+        return System(name, "slm_engine", "main", str(folder), weights, prepare, options, family)
 
     return [
         slm("slm int4", default_package(), "GGUF Q4_1 blocks carried (embedding Q8_0), accuracy_level 4", "gguf:4"),
@@ -108,6 +111,13 @@ def systems() -> list[System]:
             lookup=8),
         System("llama.cpp Q4_1 +lookup", "llamacpp", "llamacpp", gguf,
                "the shipped GGUF; LlamaPromptLookupDecoding(num_pred_tokens=8)", options={"lookup": 8}),
+        # the real-size model (../shared/models/get-qwen2.5-coder-1.5b.sh): slm carries the Q4_K_M GGUF's blocks,
+        # llama.cpp reads the same file, genai builds int4 from the HF folder transformers makes of that GGUF
+        slm("slm 1.5B Q4_K_M", QWEN_PACKAGE, "Qwen2.5-Coder-1.5B GGUF Q4_K_M blocks carried, accuracy_level 4",
+            "gguf:4", source=str(QWEN_GGUF), family="qwen1.5b"),
+        System("llama.cpp 1.5B Q4_K_M", "llamacpp", "llamacpp", str(QWEN_GGUF), "the Q4_K_M GGUF", family="qwen1.5b"),
+        System("genai int4 1.5B", "genai", "genai", str(b / "genai-int4-qwen1.5b"), "its builder: -p int4 -e cpu",
+               {"model": str(b / "qwen2.5-coder-1.5b-hf"), "variant": "int4"}, family="qwen1.5b"),
         System("optimum fp32", "optimum_ort", "optimum", str(b / "optimum-fp32"), "its ONNX export, fp32", {"model": hf, "variant": "fp32"}),
         System("transformers fp32", "hf_eager", "main", hf, "fp32, eager attention"),
     ]
@@ -131,6 +141,14 @@ def run_peer(system: System, job: dict, timeout: int = 1800) -> dict:
 
 
 def prepare_all(chosen: list[System]) -> None:
+    qwen_hf = bench_dir() / "qwen2.5-coder-1.5b-hf"
+    if any(s.family == "qwen1.5b" for s in chosen) and QWEN_GGUF.is_file() and not (qwen_hf / "config.json").is_file():
+        from slm.sources import load_model, resolve_source
+        model, tok = load_model(resolve_source(str(QWEN_GGUF)))
+        model.save_pretrained(qwen_hf)
+        tok.save_pretrained(qwen_hf)
+        del model
+        print(f"wrote {qwen_hf}", file=sys.stderr)
     hf = bench_dir() / "smollm2-135m-instruct-hf"
     if not (hf / "config.json").is_file():        # the HF folder the peers' own exporters read
         from slm.sources import load_model, resolve_source
@@ -155,12 +173,13 @@ def prepare_all(chosen: list[System]) -> None:
         print(f"{s.name}: {res}", file=sys.stderr)
 
 
-def prompt_ids(n: int) -> list[int]:
+def prompt_ids(n: int, family: str = "smollm2") -> list[int]:
     """The first n tokens of the haystack from PROMPT_OFFSET on, by the model's own tokenizer."""
     from slm.paths import default_package
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(default_package() / "tokenizer.json"))
+    package = default_package() if family == "smollm2" else QWEN_PACKAGE
+    tok = Tokenizer.from_file(str(package / "tokenizer.json"))
     ids = tok.encode(HAYSTACK.read_text()[PROMPT_OFFSET:PROMPT_OFFSET + n * 8], add_special_tokens=False).ids[:n]
     if len(ids) < n:
         raise SystemExit(f"the haystack gives only {len(ids)} tokens from {PROMPT_OFFSET}; ask for fewer")
@@ -183,10 +202,10 @@ def measure(chosen: list[System], prompt_lens: list[int], new_tokens: int, threa
     rows = []
     for r in range(repeats):
         for n in prompt_lens:
-            ids = prompt_ids(n)
+            ids = {f: prompt_ids(n, f) for f in {s.family for s in chosen}}
             k = (r * 3 + n) % len(chosen)                      # rotate the order every repeat and length
             for s in chosen[k:] + chosen[:k]:
-                res = run_peer(s, {"mode": "speed", "ids": ids, "new_tokens": new_tokens, "threads": threads,
+                res = run_peer(s, {"mode": "speed", "ids": ids[s.family], "new_tokens": new_tokens, "threads": threads,
                                    "ctx": context_for(n, new_tokens), **s.options})
                 res.update(system=s.name, prompt_len=n, repeat=r)
                 rows.append(res)
@@ -230,19 +249,20 @@ def markdown(summary: list[dict]) -> str:
 
 
 def ratios(summary: list[dict]) -> list[str]:
-    """slm int4 against the peers the issue sets targets for, per prompt length (median over median)."""
+    """slm int4 (and the 1.5B) against the peers the issue sets targets for, per prompt length (median over median)."""
     med = {(e["system"], e["prompt_len"]): e for e in summary if e["decode_tps"]}
     lines = []
+    pairs = {"slm int4": ("genai int4", "llama.cpp Q4_1", "llama.cpp Q4_0"),
+             "slm 1.5B Q4_K_M": ("llama.cpp 1.5B Q4_K_M", "genai int4 1.5B")}
     for n in sorted({e["prompt_len"] for e in summary}):
-        me = med.get(("slm int4", n))
-        if me is None:
-            continue
-        for peer in ("genai int4", "llama.cpp Q4_1", "llama.cpp Q4_0"):
-            p = med.get((peer, n))
-            if p:
-                lines.append(f"prompt {n}: slm int4 / {peer}: decode {me['decode_tps']['median'] / p['decode_tps']['median']:.2f}x, "
-                             f"TTFT {me['ttft_s']['median'] / p['ttft_s']['median']:.2f}x, "
-                             f"peak RSS {me['peak_rss_mib']['median'] / p['peak_rss_mib']['median']:.2f}x")
+        for mine, peers in pairs.items():
+            me = med.get((mine, n))
+            for peer in peers if me else ():
+                p = med.get((peer, n))
+                if p:
+                    lines.append(f"prompt {n}: {mine} / {peer}: decode {me['decode_tps']['median'] / p['decode_tps']['median']:.2f}x, "
+                                 f"TTFT {me['ttft_s']['median'] / p['ttft_s']['median']:.2f}x, "
+                                 f"peak RSS {me['peak_rss_mib']['median'] / p['peak_rss_mib']['median']:.2f}x")
     return lines
 
 
