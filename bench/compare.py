@@ -303,8 +303,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--prepare", action="store_true", help="build the peers' models that are missing, then stop")
     ap.add_argument("--out", type=Path, default=OUT / "compare", help="writes OUT.json and OUT.png")
+    ap.add_argument("--package", nargs="*", default=[], metavar="NAME=PATH",
+                    help="more slm rows: a package folder under a row name (e.g. an older export, for an A/B run)")
     args = ap.parse_args()
     every = systems()
+    for spec in args.package:
+        name, _, path = spec.partition("=")
+        if not path or not Path(path).is_dir():
+            raise SystemExit(f"--package {spec!r}: expected NAME=PATH with PATH a package folder")
+        every.append(System(name, "slm_engine", "main", path, f"the package at {path}"))
     unknown = set(args.systems or ()) - {s.name for s in every}
     if unknown:
         raise SystemExit(f"unknown systems {sorted(unknown)}; known: {[s.name for s in every]}")
