@@ -99,3 +99,19 @@ def test_untied_4bit_embedding_is_gathered_exactly():
     got = _logits(graph, io, kv, spec, ids)
     ref = _logits(*build_graph(spec, as_float, rope, accuracy_level=0), spec, ids)
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_int4_side_path_with_qkv_biases_is_exact():
+    """Qwen2's QKV biases ride in MatMulNBits' bias input on the float-zero-point side path: with fp32
+    activations the int4 graph gives the logits of its own dequantised weights."""
+    from tests.test_export_parity import _tiny_qwen2
+
+    model = _tiny_qwen2()
+    spec = spec_of(model.config, 64)
+    weights, _ = quantize_weights(float_weights(model, spec), "int4")
+    rope = rotary_tables(model, spec, 64)
+    as_float = {k: (v.dequantize() if hasattr(v, "dequantize") else v) for k, v in weights.items()}
+    ids = np.random.default_rng(3).integers(3, 49152, size=(1, 16)).astype(np.int64)
+    got = _logits(*build_graph(spec, weights, rope, accuracy_level=0), spec, ids)
+    ref = _logits(*build_graph(spec, as_float, rope, accuracy_level=0), spec, ids)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
