@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from export.quantize import NBitsWeight, from_gguf, quantize_rtn
+from export.quantize import NBitsWeight, concat_rows, from_gguf, quantize_rtn
 
 _NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -38,6 +38,19 @@ def _llama_unpermute(n_rows: int, head_dim: int) -> np.ndarray:
     return np.arange(n_rows).reshape(heads, head_dim // 2, 2).transpose(0, 2, 1).reshape(-1)
 
 
+CHUNK_ROWS = 4096      # rows carried and checked at a time: a 151,936 x 1,536 embedding never sits in fp32 whole
+
+
+def _carry_in_chunks(raw: np.ndarray, tensor_type, shape: tuple[int, int], dequantize) -> NBitsWeight:
+    """from_gguf over row chunks (the float temporaries of one chunk at a time), joined."""
+    n, k = shape
+    raw = raw.reshape(n, -1)
+    parts = [from_gguf(raw[r:r + CHUNK_ROWS], tensor_type.name,
+                       dequantize(raw[r:r + CHUNK_ROWS], tensor_type).reshape(-1, k).astype(np.float32))
+             for r in range(0, n, CHUNK_ROWS)]
+    return parts[0] if len(parts) == 1 else concat_rows(parts)
+
+
 def carry_gguf(path: str, hf_weights: dict[str, np.ndarray], head_dim: int) -> tuple[dict[str, NBitsWeight], dict]:
     """Return {hf name: NBitsWeight} for every quantised linear/embedding tensor, and a report.
 
@@ -58,21 +71,21 @@ def carry_gguf(path: str, hf_weights: dict[str, np.ndarray], head_dim: int) -> t
             continue                            # tied: the embedding serves as the head
         if target is None:
             raise ValueError(f"GGUF tensor {t.name} maps to {name}, which transformers did not load")
-        deq = dequantize(t.data, t.tensor_type).reshape(target.shape).astype(np.float32)
         try:
-            w = from_gguf(np.asarray(t.data), t.tensor_type.name, deq)
+            w = _carry_in_chunks(np.asarray(t.data), t.tensor_type, target.shape, dequantize)
         except KeyError:
             w = quantize_rtn(target, 8, 32)
             err = float(np.abs(w.dequantize() - target).max() / max(float(np.abs(target).max()), 1e-12))
             report["requantized_8bit"].append((name, t.tensor_type.name, err))
             carried[name] = w
             continue
-        orders = [None]
+        orders, n_rows = [None], target.shape[0]
         if name.endswith(("q_proj.weight", "k_proj.weight")) and target.shape[0] % head_dim == 0:
             orders.append(_llama_unpermute(target.shape[0], head_dim))
         for rows in orders:
             cand = w if rows is None else w.take_rows(rows)
-            diff = float(np.abs(cand.dequantize() - target).max())
+            diff = max(float(np.abs(cand.take_rows(np.arange(r, min(r + CHUNK_ROWS, n_rows))).dequantize()
+                                    - target[r:r + CHUNK_ROWS]).max()) for r in range(0, n_rows, CHUNK_ROWS))
             if diff <= 1e-4 * max(1.0, float(np.abs(target).max())):
                 break
         else:
