@@ -43,6 +43,11 @@ class Decoder:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
 
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads or (self.dim // self.n_heads) % 16:
+            raise ValueError(f"{self}: dim must split into n_heads heads of a multiple of 16 (ONNX Runtime's "
+                             f"GroupQueryAttention), shared by n_kv_heads")
+
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
-from megabyte.model import (Decoder, FlatConfig, MegabyteConfig, build, config_to_dict, count_parameters, loss_bits,
+from megabyte.checkpoint import save_checkpoint
+from megabyte.model import (Decoder, FlatConfig, MegabyteConfig, build, count_parameters, loss_bits,
                             train_flops_per_byte)
 
 HELD_OUT = 0.1          # the last 10% of the corpus
@@ -36,9 +36,9 @@ PRESETS: dict[str, MegabyteConfig | FlatConfig] = {
                                   local=Decoder(128, 2, 4, 4, 352)),
     "flat-4m": FlatConfig(max_bytes=1024, decoder=Decoder(256, 4, 8, 8, 832)),
     # for tests
-    "megabyte-tiny": MegabyteConfig(patch_size=4, max_patches=64, glob=Decoder(32, 2, 4, 2, 64),
-                                    local=Decoder(16, 1, 2, 2, 32)),
-    "flat-tiny": FlatConfig(max_bytes=256, decoder=Decoder(16, 2, 2, 2, 32)),
+    "megabyte-tiny": MegabyteConfig(patch_size=4, max_patches=64, glob=Decoder(32, 2, 2, 1, 64),
+                                    local=Decoder(16, 1, 1, 1, 32)),
+    "flat-tiny": FlatConfig(max_bytes=256, decoder=Decoder(16, 2, 1, 1, 32)),
 }
 
 
@@ -141,8 +141,7 @@ def train(cfg: TrainConfig) -> dict:
                         "step": step, "elapsed": time.perf_counter() - t0, "train_config": asdict(cfg)}, resume)
     bar.close()
     wall = time.perf_counter() - t0
-    (out / "config.json").write_text(json.dumps(config_to_dict(model_cfg), indent=2))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+    save_checkpoint(model, out)
     result = {"preset": cfg.preset, "parameters": count_parameters(model), "steps": cfg.steps,
               "bytes_seen": cfg.steps * cfg.batch_size * cfg.seq_bytes, "train_flops": cfg.steps * per_step,
               "train_flops_per_byte": per_step / (cfg.batch_size * cfg.seq_bytes), "wall_s": round(wall, 1),
