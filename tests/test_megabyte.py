@@ -227,3 +227,28 @@ def test_byte_runtime_pulls_no_training_stack(byte_package):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "ByteEngine BAD:\n" in out.stdout, out.stdout
+
+
+def test_a_byte_package_serves_the_openai_api(byte_package):
+    import httpx
+    import openai
+
+    from runtime.serve import BackgroundServer, create_app
+
+    engine = Engine(byte_package, threads=1)
+    chat = [{"role": "user", "content": "Speak."}]
+    expected = "".join(e.text for e in engine.generate(chat, max_tokens=16, cache=engine.new_cache()))
+    with BackgroundServer(create_app(engine, model_id="tiny-megabyte", max_concurrent=1, max_queue=2)) as server, \
+            openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60,
+                          http_client=httpx.Client(trust_env=False)) as client:
+        reply = client.chat.completions.create(model="tiny-megabyte", messages=chat, max_tokens=16, temperature=0)
+    assert reply.choices[0].message.content == expected
+    assert reply.usage.prompt_tokens == len(engine.encode(chat))       # bytes
+
+
+def test_plain_chat_with_a_byte_package(byte_package):
+    out = subprocess.run([sys.executable, "-m", "slm.cli", "chat", "--plain", "--model", str(byte_package),
+                          "--max-tokens", "12", "--threads", "1"],
+                         input="Good morrow.\nAnd to you?\n", capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("slm> ") == 2 and "KV slots]" in out.stderr
