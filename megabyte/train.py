@@ -36,9 +36,9 @@ PRESETS: dict[str, MegabyteConfig | FlatConfig] = {
                                   local=Decoder(128, 2, 4, 4, 352)),
     "flat-4m": FlatConfig(max_bytes=1024, decoder=Decoder(256, 4, 8, 8, 832)),
     # for tests
-    "megabyte-tiny": MegabyteConfig(patch_size=4, max_patches=64, glob=Decoder(32, 2, 2, 1, 64),
+    "megabyte-tiny": MegabyteConfig(patch_size=4, max_patches=256, glob=Decoder(32, 2, 2, 1, 64),
                                     local=Decoder(16, 1, 1, 1, 32)),
-    "flat-tiny": FlatConfig(max_bytes=256, decoder=Decoder(16, 2, 1, 1, 32)),
+    "flat-tiny": FlatConfig(max_bytes=1024, decoder=Decoder(16, 2, 1, 1, 32)),
 }
 
 

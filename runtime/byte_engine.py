@@ -85,6 +85,7 @@ class ByteCache:
         self.glob = KVCache(manifest, capacity, device)
         self.local = LocalCache(manifest)
         self.context = np.zeros((manifest.patches.patch_size, manifest.patches.local_dims.hidden_size), np.float32)
+        self.local_step = None          # the engine's fixed one-byte binding of the local graph, made on first use
         self.reset()
 
     def reset(self) -> None:
@@ -191,7 +192,7 @@ class ByteEngine:
             b.bind_ortvalue_output(self.manifest.patches.local_context, ort.OrtValue.ortvalue_from_numpy(out))
             self.session.run_with_iobinding(b)
             glob.append(n)
-            glob.history.extend(map(tuple, chunk))
+            glob.history.extend(tuple(row) for row in chunk.tolist())
         cache.context[:] = out[0, 0]
         cache.local.length = 0
 
@@ -237,11 +238,18 @@ class ByteEngine:
         """Feed one byte; return the logits of the next (256,)."""
         cache.pending.append(int(byte))
         cache.history.append(int(byte))
-        if len(cache.pending) < self.patch_size:
-            return self._local(cache, [int(byte)])
-        self._global(cache, np.array([cache.pending], np.int64), eviction or self.eviction_for(cache))
-        cache.pending = []
-        return self._local(cache, [self.manifest.patches.pad_id])
+        if len(cache.pending) == self.patch_size:
+            self._global(cache, np.array([cache.pending], np.int64), eviction or self.eviction_for(cache))
+            cache.pending, byte = [], self.manifest.patches.pad_id
+        step = cache.local_step
+        if step is None:
+            step = cache.local_step = _LocalStep(self, cache)
+        p = cache.local.length
+        step.input_ids[0, 0], step.position_ids[0, 0], step.seqlens_k[0], step.total_len[()] = byte, p, p, p + 1
+        step.context[0, 0] = cache.context[p]
+        self.local_session.run_with_iobinding(step.binding)
+        cache.local.length += 1
+        return step.logits[0, 0]
 
     # --- the loop --------------------------------------------------------------------------------
     def generate(self, prompt: str | list[dict], *, params: SamplingParams = SamplingParams(),
@@ -313,6 +321,26 @@ class ByteEngine:
         P = self.patch_size
         return KVStats(cached_tokens=cache.glob.length * P, capacity_tokens=cache.capacity * P,
                        evicted_tokens=cache.glob.evicted * P, kv_bytes=cache.nbytes, policy=self.kv_policy)
+
+
+class _LocalStep:
+    """Fixed inputs/outputs for one-byte local steps: numpy arrays viewed by OrtValues, bound once."""
+
+    def __init__(self, engine: ByteEngine, cache: ByteCache):
+        io, p = engine.manifest.io, engine.manifest.patches
+        self.input_ids = np.zeros((1, 1), np.int64)
+        self.position_ids = np.zeros((1, 1), np.int64)
+        self.seqlens_k = np.zeros(1, np.int32)
+        self.total_len = np.zeros((), np.int32)
+        self.context = np.zeros((1, 1, p.local_dims.hidden_size), np.float32)
+        self.logits = np.zeros((1, 1, p.local_dims.vocab_size), np.float32)
+        self.binding = b = engine.local_session.io_binding()
+        for name, arr in ((io.input_ids, self.input_ids), (io.position_ids, self.position_ids),
+                          (io.seqlens_k, self.seqlens_k), (io.total_sequence_length, self.total_len),
+                          (p.context, self.context)):
+            b.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
+        b.bind_ortvalue_output(io.logits, ort.OrtValue.ortvalue_from_numpy(self.logits))
+        _bind_kv(b, p.local_kv, cache.local.key_ort, cache.local.value_ort)
 
 
 def _bind_kv(b: ort.IOBinding, kv, keys: list, values: list) -> None:
