@@ -222,13 +222,28 @@ def export_flat(checkpoint: str | Path, out: str | Path) -> Manifest:
     return build_package(str(checkpoint), out, quant="fp32", attention_stats=False, model=hf.eval(), tokenizer=tokenizer)
 
 
+def is_checkpoint(folder: str | Path) -> bool:
+    """Whether `folder` is a checkpoint of megabyte/train.py (rather than a Hugging Face folder)."""
+    config = Path(folder) / "config.json"
+    if not (config.is_file() and (Path(folder) / "model.safetensors").is_file()):
+        return False
+    try:
+        return json.loads(config.read_text()).get("architecture") in ("megabyte", "flat")
+    except (ValueError, AttributeError):
+        return False
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Manifest:
+    config, _ = read_checkpoint(checkpoint)
+    return (export_megabyte if config["architecture"] == "megabyte" else export_flat)(checkpoint, out)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m export.megabyte", description="a megabyte/flat checkpoint -> a package")
     p.add_argument("checkpoint")
     p.add_argument("out")
     args = p.parse_args(argv)
-    config, _ = read_checkpoint(args.checkpoint)
-    (export_megabyte if config["architecture"] == "megabyte" else export_flat)(args.checkpoint, args.out)
+    export_checkpoint(args.checkpoint, args.out)
     print(args.out, file=sys.stderr)
 
 

@@ -252,3 +252,14 @@ def test_plain_chat_with_a_byte_package(byte_package):
                          input="Good morrow.\nAnd to you?\n", capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("slm> ") == 2 and "KV slots]" in out.stderr
+
+
+def test_slm_export_takes_a_byte_model_checkpoint(byte_package, tmp_path):
+    from slm.package import read_manifest
+
+    out = _slm("export", str(byte_package.parent / "ckpt"), str(tmp_path / "pkg"))
+    assert out.returncode == 0, out.stderr
+    m = read_manifest(tmp_path / "pkg")
+    assert m.architecture == "megabyte" and m.patches.patch_size == 4 and m.tokenizer_file == ""
+    out = _slm("export", str(byte_package.parent / "ckpt"), str(tmp_path / "q"), "--quant", "int4")
+    assert out.returncode == 2 and "exports at fp32 only" in out.stderr
