@@ -1,6 +1,7 @@
 """A MEGABYTE checkpoint folder (megabyte/train.py: config.json + model.safetensors) -> a byte package:
 
-    model.onnx   the global decoder, once per patch, KV cache over patches:
+    model.onnx   the global decoder, once per patch, KV cache over patches (model_attn.onnx: the same
+                 plus each layer's attention mass per slot, for the attention-reading KV policies):
 
         patch_ids (B, S, P) ─► + slot offsets ─► Gather(patch table) ─► (B, S, P*e)
           ─► [block] x Lg (GroupQueryAttention, past/present KV in one shared buffer, one slot per patch)
@@ -41,6 +42,7 @@ from slm.package import (Dimensions, GraphIO, KVLayout, Manifest, Patches, Quant
 
 BYTES, PAD = 256, 256
 LOCAL_MODEL = "local.onnx"
+ATTENTION_MODEL = "model_attn.onnx"
 CHECKPOINT_VERSION = 1
 # Tiny Shakespeare's plays: "NAME:\ntext\n\n"; a chat renders as such a dialogue
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] | upper }}:\n{{ m['content'] }}\n\n{% endfor %}"
@@ -69,8 +71,23 @@ def _rope(cfg: dict, n: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32), inv.tolist()
 
 
-def _block(g: Graph, x: str, w: dict, p: str, cfg: dict, i: int, attn_in: list[str]) -> tuple[str, str, str]:
-    """One pre-norm block; attn_in = [seqlens_k, total_len, cos, sin, position_ids]. Returns (x, present k, v)."""
+def _attention_mass(g: Graph, probs: str, past_k: str, i: int, nh: int, nkv: int, name: str) -> None:
+    """GroupQueryAttention's probabilities (B, nh, S, T) -> mass per KV head and slot (B, nkv, capacity),
+    padded to the cache's capacity, as export/graph.py computes it for token models."""
+    mass = g.op("ReduceSum", [probs, g.init(f"axes/{i}/q", np.array([2], np.int64))], keepdims=0)
+    grouped = g.op("Reshape", [mass, g.init(f"shape/{i}/grouped", np.array([0, nkv, nh // nkv, -1], np.int64))])
+    mass = g.op("ReduceSum", [grouped, g.init(f"axes/{i}/g", np.array([2], np.int64))], keepdims=0)
+    s2, s3 = g.init("s2", np.array([2], np.int64)), g.init("s3", np.array([3], np.int64))
+    cap = g.op("Slice", [g.op("Shape", [past_k]), s2, s3])
+    total = g.op("Slice", [g.op("Shape", [mass]), s2, s3])
+    pads = g.op("Concat", [g.init("zeros5", np.zeros(5, np.int64)), g.op("Sub", [cap, total])], axis=0)
+    g.output(g.op("Pad", [mass, pads]), name, TensorProto.FLOAT, ["batch", nkv, "capacity"])
+
+
+def _block(g: Graph, x: str, w: dict, p: str, cfg: dict, i: int, attn_in: list[str],
+           mass_name: str = "") -> tuple[str, str, str]:
+    """One pre-norm block; attn_in = [seqlens_k, total_len, cos, sin, position_ids]; with `mass_name`
+    also the attention mass output. Returns (x, present k, v)."""
     nh, nkv, hd, eps = cfg["n_heads"], cfg["n_kv_heads"], cfg["dim"] // cfg["n_heads"], cfg["norm_eps"]
     a, m = p + "self_attn.", p + "mlp."
     h = rms_norm(g, x, g.init(p + "input_layernorm.weight", w[p + "input_layernorm.weight"]), eps)
@@ -78,9 +95,12 @@ def _block(g: Graph, x: str, w: dict, p: str, cfg: dict, i: int, attn_in: list[s
     past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
     for name in (past_k, past_v):
         g.input(name, TensorProto.FLOAT, ["batch", nkv, "capacity", hd])
-    attn, present_k, present_v = g.op("GroupQueryAttention", [qkv, "", "", past_k, past_v, *attn_in], n_out=3,
-                                      domain=MS, name=a + "gqa", num_heads=nh, kv_num_heads=nkv,
-                                      scale=hd ** -0.5, do_rotary=1)
+    outs = g.op("GroupQueryAttention", [qkv, "", "", past_k, past_v, *attn_in], n_out=4 if mass_name else 3,
+                domain=MS, name=a + "gqa", num_heads=nh, kv_num_heads=nkv, scale=hd ** -0.5, do_rotary=1,
+                **({"qk_output": 2} if mass_name else {}))
+    attn, present_k, present_v = outs[:3]
+    if mass_name:
+        _attention_mass(g, outs[3], past_k, i, nh, nkv, mass_name)
     x = g.op("Add", [x, linear(g, attn, w[a + "o_proj.weight"], a + "o_proj", None, 0)])
     h = rms_norm(g, x, g.init(p + "post_attention_layernorm.weight", w[p + "post_attention_layernorm.weight"]), eps)
     inter = cfg["mlp_dim"]
@@ -102,7 +122,7 @@ def _stack(g: Graph, x: str, w: dict, prefix: str, cfg: dict, positions: int, io
     kv = {k: [] for k in ("past_key", "past_value", "present_key", "present_value")}
     nkv, hd = cfg["n_kv_heads"], cfg["dim"] // cfg["n_heads"]
     for i in range(cfg["n_layers"]):
-        x, pk, pv = _block(g, x, w, f"{prefix}layers.{i}.", cfg, i, attn_in)
+        x, pk, pv = _block(g, x, w, f"{prefix}layers.{i}.", cfg, i, attn_in, io.attention_mass[i] if io.attention_mass else "")
         for name, src, kind in ((f"present.{i}.key", pk, "key"), (f"present.{i}.value", pv, "value")):
             g.output(src, name, TensorProto.FLOAT, ["batch", nkv, "capacity", hd])
             kv[f"past_{kind}"].append(f"past_key_values.{i}.{kind}")
@@ -134,7 +154,7 @@ def build_global_graph(config: dict, w: dict, patches: Patches, io: GraphIO) -> 
     return _model(g, "megabyte_global"), kv
 
 
-def build_local_graph(config: dict, w: dict, patches: Patches, io: GraphIO) -> tuple[onnx.ModelProto, dict]:
+def build_local_graph(config: dict, w: dict, patches: Patches, io: GraphIO = GraphIO()) -> tuple[onnx.ModelProto, dict]:
     P, cfg = config["patch_size"], config["local"]
     g = Graph(TensorProto.FLOAT)
     context = g.input(patches.context, TensorProto.FLOAT, ["batch", "seq", cfg["dim"]])
@@ -159,15 +179,18 @@ def export_megabyte(checkpoint: str | Path, out: str | Path) -> Manifest:
     if config["architecture"] != "megabyte":
         raise SourceError(f"{str(checkpoint)!r} holds a {config['architecture']!r} model; use export_flat for it")
     P, glob, local = config["patch_size"], config["glob"], config["local"]
-    io = GraphIO()
     stub = Patches(patch_size=P, local_model_file=LOCAL_MODEL, local_dims=None, local_kv=None, local_rope=None)
-    global_model, global_kv = build_global_graph(config, w, stub, io)
-    local_model, local_kv = build_local_graph(config, w, stub, io)
+    global_model, global_kv = build_global_graph(config, w, stub, GraphIO())
+    # the same global graph plus per-layer attention mass, for h2o, tova, snapkv and namm on the patch cache
+    io = GraphIO(attention_mass=[f"attention_mass.{i}" for i in range(glob["n_layers"])])
+    attention_model, _ = build_global_graph(config, w, stub, io)
+    local_model, local_kv = build_local_graph(config, w, stub)
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     onnx.save_model(global_model, str(out / "model.onnx"))
+    onnx.save_model(attention_model, str(out / ATTENTION_MODEL))
     onnx.save_model(local_model, str(out / LOCAL_MODEL))
     patches = Patches(patch_size=P, local_model_file=LOCAL_MODEL, local_dims=_dims(local, BYTES, P),
                       local_kv=_kv(local_kv, P, local["n_layers"]),
@@ -177,6 +200,7 @@ def export_megabyte(checkpoint: str | Path, out: str | Path) -> Manifest:
         kv=_kv(global_kv, config["max_patches"], glob["n_layers"]), quant=Quantization(mode="fp32"), io=io,
         rope=Rope(inv_freq={"default": _rope(glob, 1)[2]}, of_layer=["default"] * glob["n_layers"]),
         bos_token_id=None, eos_token_ids=[], pad_token_id=PAD, chat_template=CHAT_TEMPLATE, tokenizer_file="",
+        attention_model_file=ATTENTION_MODEL,
         source=str(checkpoint), patches=patches)
     write_manifest(out, manifest)
     return read_manifest(out)       # what we wrote must be what the runtime accepts

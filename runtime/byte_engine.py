@@ -5,8 +5,9 @@
         print(event.text, end="", flush=True)
 
 The global graph runs once per patch of P bytes; its KV cache (runtime.kv_cache.KVCache, the one
-token models use) holds one slot per patch, so the budget, eviction (policies that read no attention
-statistics: streaming, knorm) and re-positioning are the token engine's. Slot 0 holds the learned
+token models use) holds one slot per patch, so the budget, eviction (every policy: those that read
+attention statistics take them from model_attn.onnx, per patch) and re-positioning are the token
+engine's. Slot 0 holds the learned
 pad patch. The local graph runs once per byte with its own cache of P slots, emptied every patch.
 
     prompt bytes ─► whole patches ─► global prefill ─► context of the next patch (P, D)
@@ -81,8 +82,8 @@ class ByteCache:
     """One conversation: the global cache (one slot per patch), the local cache of the current patch,
     the bytes of that patch so far and their context from the global model."""
 
-    def __init__(self, manifest: Manifest, capacity: int, device: str):
-        self.glob = KVCache(manifest, capacity, device)
+    def __init__(self, manifest: Manifest, capacity: int, device: str, attention_stats: bool = False):
+        self.glob = KVCache(manifest, capacity, device, attention_stats=attention_stats)
         self.local = LocalCache(manifest)
         self.context = np.zeros((manifest.patches.patch_size, manifest.patches.local_dims.hidden_size), np.float32)
         self.local_step = None          # the engine's fixed one-byte binding of the local graph, made on first use
@@ -118,16 +119,20 @@ class ByteEngine:
         self.patch_size = P = m.patches.patch_size
         self.policy = make_policy(kv_policy, self.path)
         self.kv_policy = kv_policy
+        graph = m.model_file
         if self.policy is not None and self.policy.needs_attention:
-            raise SlmError(f"--kv-policy {kv_policy} needs attention statistics, which a byte package's global graph "
-                           f"does not export; use streaming or knorm")
+            if not m.attention_model_file:
+                raise PackageError(f"--kv-policy {kv_policy} needs attention statistics, but package {str(self.path)!r} "
+                                   f"has no attention graph; re-export it, or use streaming or knorm")
+            graph = m.attention_model_file
+        self.stats_outputs = m.io.attention_mass if graph == m.attention_model_file else []
         if lookup:
             raise SlmError(f"lookup={lookup}: prompt lookup decoding is for token packages; a byte package takes 0")
         for name, value, least in (("prefill_chunk", prefill_chunk, 1), ("evict_chunk", evict_chunk, 1),
                                    ("keep_recent", keep_recent, 0)):
             if value is not None and value < least:
                 raise SlmError(f"{name}={value} must be at least {least} patch{'es' * (least != 1)} (or omitted for the default)")
-        self.session, self.provider, self.provider_note = _open(self.path / m.model_file, provider, threads)
+        self.session, self.provider, self.provider_note = _open(self.path / graph, provider, threads)
         self.local_session, _, _ = _open(self.path / m.patches.local_model_file, "cpu" if self.provider == "cpu" else provider, threads)
         self.template = compile_template(m.chat_template) if m.chat_template else None
         self.capacity_patches = parse_byte_budget(kv_budget, m) or min(m.kv.default_capacity, DEFAULT_CAPACITY)
@@ -160,7 +165,7 @@ class ByteEngine:
     # --- the model calls -------------------------------------------------------------------------
     def new_cache(self, capacity: int | None = None) -> ByteCache:
         """capacity: global slots (patches); default the engine's budget."""
-        return ByteCache(self.manifest, capacity or self.capacity_patches, self.device)
+        return ByteCache(self.manifest, capacity or self.capacity_patches, self.device, bool(self.stats_outputs))
 
     def eviction_for(self, cache: ByteCache, protected: tuple = ()) -> EvictionConfig:
         return EvictionConfig(policy=self.policy, evict_chunk=self.evict_chunk or max(1, cache.capacity // 8),
@@ -190,8 +195,12 @@ class ByteEngine:
             b.bind_cpu_input(io.num_logits_to_keep, np.array(1, np.int64))
             _bind_kv(b, kv, glob.key_ort, glob.value_ort)
             b.bind_ortvalue_output(self.manifest.patches.local_context, ort.OrtValue.ortvalue_from_numpy(out))
+            for name, buf in zip(self.stats_outputs, glob.mass_ort):
+                b.bind_ortvalue_output(name, buf)
             self.session.run_with_iobinding(b)
             glob.append(n)
+            if self.stats_outputs:
+                glob.observe(n)
             glob.history.extend(tuple(row) for row in chunk.tolist())
         cache.context[:] = out[0, 0]
         cache.local.length = 0
