@@ -263,3 +263,35 @@ def test_slm_export_takes_a_byte_model_checkpoint(byte_package, tmp_path):
     assert m.architecture == "megabyte" and m.patches.patch_size == 4 and m.tokenizer_file == ""
     out = _slm("export", str(byte_package.parent / "ckpt"), str(tmp_path / "q"), "--quant", "int4")
     assert out.returncode == 2 and "exports at fp32 only" in out.stderr
+
+
+def test_megabyte_is_causal_byte_by_byte(megabyte_model):
+    """logits[t] predict byte t: they may read bytes < t only (the one-patch and one-byte shifts)."""
+    import torch
+
+    x = torch.tensor([list(np.random.default_rng(5).integers(0, 256, 24))])
+    with torch.no_grad():
+        base = megabyte_model(x)[0]
+        for t in (0, 3, 4, 13, 23):
+            y = x.clone()
+            y[0, t] = (y[0, t] + 1) % 256
+            changed = (megabyte_model(y)[0] - base).abs().amax(-1) > 1e-6
+            assert not changed[:t + 1].any(), f"byte {t} leaks into positions {changed[:t + 1].nonzero().ravel().tolist()}"
+            assert t == 23 or changed[t + 1]
+
+
+def test_training_learns_and_resumes(tmp_path):
+    """A periodic corpus is learnt in a few dozen steps; rerunning the finished command trains nothing more."""
+    from megabyte.train import TrainConfig, train
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"to be or not to be, " * 400)
+    cfg = TrainConfig(preset="megabyte-tiny", data=str(corpus), out=str(tmp_path / "run"), flops=1.2e9,
+                      batch_size=4, seq_bytes=64, lr=1e-2, eval_every=1000, save_every=10, threads=1)
+    result = train(cfg)
+    assert result["steps"] == cfg.steps >= 30 and result["held_out_bits_per_byte"] < 2.0
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert len(lines) == cfg.steps
+    again = train(cfg)
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == cfg.steps
+    assert again["held_out_bits_per_byte"] == result["held_out_bits_per_byte"]
