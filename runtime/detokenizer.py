@@ -19,6 +19,8 @@ depends on the window, not on the length of the text.
 """
 from __future__ import annotations
 
+import codecs
+
 from tokenizers import Tokenizer
 
 REPLACEMENT_CHARACTER = "\ufffd"
@@ -77,3 +79,22 @@ class StreamingDetokenizer:
         full_text = self._decode(self._window[self._prefix_offset :])
         self.reset()
         return full_text[len(prefix_text) :]
+
+
+class ByteDetokenizer:
+    """The same for a byte model: byte values in, text out. A character whose UTF-8 bytes are not
+    all there yet is held back; invalid bytes decode to U+FFFD (the codecs incremental decoder).
+
+    `"".join(add(b) for b in data) + flush() == bytes(data).decode("utf-8", errors="replace")`.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, byte: int) -> str:
+        return self._decoder.decode(bytes((int(byte),)))
+
+    def flush(self) -> str:
+        out = self._decoder.decode(b"", final=True)
+        self._decoder.reset()
+        return out

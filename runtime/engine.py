@@ -39,6 +39,14 @@ DEFAULT_CAPACITY = 4096  # KV slots when no budget is given (the model's context
 
 
 class Engine:
+    def __new__(cls, package: str | Path, **options):
+        """A byte package (architecture megabyte) opens as runtime.byte_engine.ByteEngine, with the
+        same options and the same generate/new_cache/kv_stats; everything else as below."""
+        if cls is Engine and read_manifest(Path(package)).patches is not None:
+            from runtime.byte_engine import ByteEngine
+            return ByteEngine(package, **options)
+        return super().__new__(cls)
+
     def __init__(self, package: str | Path, *, provider: str = "auto", threads: int | None = None,
                  kv_budget: str | int | None = None, kv_policy: str = "none", evict_chunk: int | None = None,
                  keep_recent: int | None = None, protect_chat: bool = True, prefill_chunk: int | None = None,

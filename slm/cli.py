@@ -92,6 +92,13 @@ def cmd_pull(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from export.megabyte import export_checkpoint, is_checkpoint
+    if is_checkpoint(args.src):         # a byte model from `python -m megabyte.train`
+        if args.quant not in (None, "fp32"):
+            raise SlmError(f"--quant {args.quant}: a megabyte/flat byte-model checkpoint exports at fp32 only")
+        export_checkpoint(args.src, args.out)
+        print(args.out)
+        return
     from export import build_package
     build_package(args.src, args.out, quant=args.quant, accuracy_level=args.accuracy_level,
                   block_size=args.block_size, max_positions=args.max_positions,
@@ -189,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pull)
 
     p = sub.add_parser("export", help="export a model source to a package folder")
-    p.add_argument("src", help="HF folder, .gguf file, hub id, or 'default'")
+    p.add_argument("src", help="HF folder, .gguf file, hub id, 'default', or a byte-model checkpoint (python -m megabyte.train)")
     p.add_argument("out", help="package folder to write")
     p.add_argument("--quant", default=None, choices=["fp32", "fp16", "int8", "int4", "gguf"],
                    help="default: gguf (carry the GGUF's blocks) for a .gguf source, int4 otherwise")

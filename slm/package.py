@@ -4,8 +4,12 @@ A package is a folder:
 
     manifest.json     this module's `Manifest`, with `format_version`
     model.onnx        the graph (+ model.onnx.data when the weights are large)
-    tokenizer.json    a Hugging Face `tokenizers` file
+    tokenizer.json    a Hugging Face `tokenizers` file (none for a byte model)
     namm.npz          optional: an evolved NAMM eviction scorer (`slm evolve`)
+    local.onnx        a byte model (architecture "megabyte") only: its local graph (`Patches`)
+
+Format versions: 2 added `Patches` (byte models); a version-1 package is a version-2 package
+without it and is read as such.
 
 Only this module parses manifest.json. Stdlib only: the runtime imports it.
 """
@@ -17,9 +21,10 @@ from pathlib import Path
 
 from slm.errors import PackageError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
-ARCHITECTURES = ("llama", "gemma3")
+ARCHITECTURES = ("llama", "gemma3", "megabyte")
 QUANT_MODES = ("fp32", "fp16", "int8", "int4", "gguf")
 
 
@@ -86,6 +91,31 @@ class Rope:
 
 
 @dataclass(frozen=True)
+class Patches:
+    """A byte model, MEGABYTE (Yu et al. 2023): no tokenizer, the vocabulary is the 256 byte values.
+
+    The global graph (`Manifest.model_file`, described by the manifest's dims, kv and rope) runs once
+    per patch of `patch_size` bytes: input `patch_ids` (batch, seq, patch_size), int64 bytes, the
+    pad id standing for the learned pad patch before the first; output `local_context`
+    (batch, keep, patch_size, local hidden), the context of each byte of the next patch. Its KV cache
+    holds one slot per patch. The local graph (`local_model_file`) predicts the bytes of one patch:
+    inputs `context` (batch, seq, local hidden), `input_ids` = the previous bytes of the patch (the pad
+    id first), positions within the patch, its own cache of `patch_size` slots (reset every patch)
+    and the usual GraphIO names; output `logits` (batch, seq, 256).
+    """
+    patch_size: int
+    local_model_file: str
+    local_dims: Dimensions          # vocab_size 256; max_positions = patch_size
+    local_kv: KVLayout
+    local_rope: Rope
+    pad_id: int = 256               # input-only id: the pad patch (global) and a patch's start (local)
+    end_of_turn: str = "\n\n"       # a chat turn ends with these bytes (a byte model has no EOS token)
+    patch_ids: str = "patch_ids"
+    local_context: str = "local_context"
+    context: str = "context"
+
+
+@dataclass(frozen=True)
 class Manifest:
     architecture: str
     dims: Dimensions
@@ -106,6 +136,7 @@ class Manifest:
     namm_file: str = ""         # an evolved NAMM eviction scorer (.npz, written by `slm evolve`; "" = none)
     source: str = ""            # what the package was exported from
     format_version: int = FORMAT_VERSION
+    patches: Patches | None = None  # a byte model (architecture "megabyte"); then tokenizer_file is ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -113,19 +144,27 @@ class Manifest:
     @staticmethod
     def from_dict(d: dict) -> "Manifest":
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
-            raise PackageError(f"manifest format_version {version!r} is not supported; "
-                               f"this slm reads format_version {FORMAT_VERSION} (re-export the package)")
+        if version not in READABLE_VERSIONS:
+            raise PackageError(f"manifest format_version {version!r} is not supported; this slm reads "
+                               f"format_version {', '.join(map(str, READABLE_VERSIONS))} (re-export the package)")
         if d.get("architecture") not in ARCHITECTURES:
             raise PackageError(f"architecture {d.get('architecture')!r} is unknown; "
                                f"accepted: {', '.join(ARCHITECTURES)}")
         try:
-            return Manifest(
-                **{k: v for k, v in d.items() if k not in ("dims", "kv", "quant", "io", "rope")},
+            m = Manifest(
+                **{k: v for k, v in d.items() if k not in ("dims", "kv", "quant", "io", "rope", "patches")},
                 dims=_build(Dimensions, d["dims"]), kv=_build(KVLayout, d["kv"]),
-                quant=_build(Quantization, d["quant"]), io=_build(GraphIO, d["io"]), rope=_build(Rope, d["rope"]))
-        except (KeyError, TypeError) as e:
+                quant=_build(Quantization, d["quant"]), io=_build(GraphIO, d["io"]), rope=_build(Rope, d["rope"]),
+                patches=_build_patches(d["patches"]) if d.get("patches") is not None else None)
+        except (KeyError, TypeError, AttributeError) as e:
             raise PackageError(f"manifest is missing or has a wrong field ({e}); re-export the package") from None
+        if (m.architecture == "megabyte") != (m.patches is not None):
+            raise PackageError(f"manifest of architecture {m.architecture!r} "
+                               f"{'lacks' if m.patches is None else 'must not have'} the byte model's 'patches' "
+                               f"section; re-export the package")
+        if not m.tokenizer_file and m.patches is None:
+            raise PackageError("manifest names no tokenizer_file; only a byte model (architecture megabyte) has none")
+        return m
 
 
 def _build(cls, d: dict):
@@ -134,6 +173,11 @@ def _build(cls, d: dict):
     if unknown:
         raise TypeError(f"unknown {cls.__name__} fields {sorted(unknown)}")
     return cls(**d)
+
+
+def _build_patches(d: dict) -> Patches:
+    nested = {"local_dims": Dimensions, "local_kv": KVLayout, "local_rope": Rope}
+    return _build(Patches, {k: _build(nested[k], v) if k in nested else v for k, v in d.items()})
 
 
 def write_manifest(folder: str | Path, manifest: Manifest) -> Path:
@@ -159,8 +203,9 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not isinstance(d, dict):
         raise PackageError(f"{str(path)!r} holds {type(d).__name__}, expected a JSON object")
     m = Manifest.from_dict(d)
-    optional = tuple(name for name in (m.attention_model_file, m.namm_file) if name)
-    for name in (m.model_file, m.tokenizer_file) + optional:
+    optional = tuple(name for name in (m.tokenizer_file, m.attention_model_file, m.namm_file) if name)
+    byte_model = (m.patches.local_model_file,) if m.patches else ()
+    for name in (m.model_file,) + byte_model + optional:
         if not (folder / name).is_file():
             raise PackageError(f"package {str(folder)!r} lacks {name!r} named by its manifest; re-export it")
     return m

@@ -79,7 +79,8 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
         raise SlmError("api_key='' is empty; give a non-empty key, or None for no authentication")
     state = ServeState(engine=engine, model_id=model_id, api_key=api_key, max_concurrent=max_concurrent,
                        pool=SlotPool([engine.new_cache() for _ in range(max_concurrent)], max_queue=max_queue),
-                       context_tokens=min(engine.capacity, engine.manifest.dims.max_positions))
+                       context_tokens=min(engine.capacity, engine.manifest.dims.max_positions
+                                                  * getattr(engine, "patch_size", 1)))   # a byte engine's table counts patches
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
