@@ -135,6 +135,7 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
         raise SlmError(f"kv_dtypes {bad} are not exportable KV cache dtypes; accepted: {', '.join(KV_VARIANTS)} "
                        f"(fp32 is always there)")
     kv_dtypes = () if kv_dtype == "float16" else tuple(kv_dtypes)
+    saved = {}
     if attention_stats or kv_dtypes:
         saved = _save_shared(onnx_model, out / "model.onnx")
         del onnx_model

@@ -25,6 +25,7 @@ MANIFEST = "manifest.json"
 ARCHITECTURES = ("llama", "gemma3")
 QUANT_MODES = ("fp32", "fp16", "int8", "int4", "gguf")
 KV_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8", "int4": "int4"}   # --kv-dtype -> manifest dtype
+KV_DTYPE_NAMES = {v: k for k, v in KV_DTYPES.items()}                                 # manifest dtype -> --kv-dtype
 KV_BITS = {"float32": 32, "float16": 16, "int8": 8, "int4": 4}
 
 
@@ -89,7 +90,7 @@ class KVLayout:
                 return v
         if dtype in (None, self.dtype):
             return KVVariant(dtype=self.dtype, model_file="")
-        short = {v: k for k, v in KV_DTYPES.items()}
+        short = KV_DTYPE_NAMES
         raise PackageError(f"this package has no {short.get(dtype, dtype)} KV cache graph (exported before quantized "
                            f"KV caches, or without that dtype); accepted here: "
                            f"{', '.join(short[d] for d in self.dtypes())}; re-export the package for the others")
