@@ -242,3 +242,34 @@ def test_slm_chat_kv_dtype_int8_shows_the_capacity_in_the_meter(tiny_package, tm
     assert cli.main(["chat", "--model", str(tiny_package), "--kv-dtype", "int8", "--kv-budget", "64KiB"]) == 0
     assert seen["capacity"] == 508                      # 4x the 128 fp32 tokens, less the scales
     assert "KV int8" in seen["meter"] and "0/508 tokens" in seen["meter"]
+
+
+def test_server_slots_run_an_int8_cache_each(tiny_package):
+    """`slm serve --kv-dtype int8`: every pooled slot is an int8 cache of the byte budget, and concurrent
+    answers through the official client match solo runs on fresh int8 caches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import openai
+
+    from runtime import SamplingParams
+    from runtime.serve import BackgroundServer, create_app
+
+    engine = Engine(tiny_package, threads=1, kv_budget="64KiB", kv_dtype="int8")
+    prompts = [f"Tell me about the number {i}." for i in range(4)]
+    solo = ["".join(e.text for e in engine.generate([{"role": "user", "content": p}], max_tokens=12,
+                                                     params=SamplingParams(temperature=0.0), cache=engine.new_cache()))
+            for p in prompts]
+    app = create_app(engine, model_id="tiny", max_concurrent=2, max_queue=8)
+    with BackgroundServer(app) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0,
+                               http_client=httpx.Client(trust_env=False))
+
+        def ask(p: str) -> str:
+            return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": p}],
+                                                  max_tokens=12, temperature=0).choices[0].message.content
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            assert list(pool.map(ask, prompts)) == solo
+    caches = app.state.slm.pool._idle
+    assert len(caches) == 2
+    assert all(c.kv_dtype == "int8" and c.capacity == 508 and c.nbytes <= 64 * 1024 for c in caches)
