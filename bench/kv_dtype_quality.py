@@ -7,8 +7,10 @@ Quality: held-out Tiny Shakespeare (the end of the file, as bench/quality.py; no
 calibration text) in windows of --window tokens, fed 256 tokens a call with logits for every
 position: perplexity, and how often the argmax matches the fp32 cache's (teacher-forced top-1
 agreement); then greedy replies to 4 chat prompts, tokens matching fp32 before the first difference.
-Rows "scales from this text" replace the package's calibrated scales with the range of the windows'
-own keys and values (the best a per-prompt, dynamic scale could do: the kernel takes fixed scales).
+Scales of each quantized row: from the export's calibration text (export/kv_calibration.py) by
+absolute maximum or by least squared error ("mse"; what the export uses: absmax at int8, mse at
+int4), or "this text's own": the range of the windows' own keys and values (what a per-prompt,
+dynamic scale could at best do; the kernel takes fixed scales).
 Re-positioning: the windows' real keys, quantized, moved 1,000 positions back by dequantise - rotate -
 requantise, against rotating the fp32 keys. Speed: decode tokens/s after each context length, every
 dtype in turn within each round (interleaved), median over rounds.
@@ -27,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime import Engine  # noqa: E402
 from runtime.kv_quant import dequantize, quantize  # noqa: E402
+from export.kv_calibration import CALIBRATION_CHAT, CALIBRATION_TEXT, kv_ranges, measure_kv  # noqa: E402
 
 HAYSTACK = Path(__file__).resolve().parents[1] / "runtime/longctx/data/tinyshakespeare/input.txt"
 HELD_OUT_CHARS = 60_000
@@ -34,6 +37,7 @@ CHAT = ["Why is the sky blue?", "Write a haiku about the sea.", "What is the cap
         "Give me three tips for learning to cook."]
 FEED = 256
 QMAX = {"int8": 127, "int4": 7}
+CLIP = {"int8": "absmax", "int4": "mse"}       # what the export uses (export.KV_CLIP)
 
 
 def score_window(engine: Engine, ids: list[int]) -> tuple[np.ndarray, np.ndarray, object]:
@@ -109,6 +113,16 @@ def decode_tps(package: str, dtype: str, context: list[int], steps: int, threads
     return steps / (time.perf_counter() - t0)
 
 
+def calibration_samples(engine: Engine, package: str):
+    """The export's calibration text through the package's fp32-cache graph (export/kv_calibration.py)."""
+    m = engine.manifest
+    ids = [engine.tokenizer.encode(CALIBRATION_TEXT).ids]
+    if engine.template is not None:
+        ids.append(engine.encode(CALIBRATION_CHAT))
+    kv = {k: getattr(m.kv, k) for k in ("past_key", "past_value", "present_key", "present_value")}
+    return measure_kv(Path(package) / m.model_file, kv, m.dims, ids, m.io, max_len=min(m.dims.max_positions, 1024))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("package")
@@ -135,8 +149,9 @@ def main() -> None:
     own = text_scales([s[2] for s in scored["fp32"]], ref.manifest.dims)
     ref_greedy = [greedy(ref, p, a.new_tokens) for p in CHAT]
     rows = []
-    configs = [(d, None) for d in a.dtypes if d != "fp32"]
-    configs += [(d, "own") for d in a.dtypes if d in QMAX]
+    calibration = calibration_samples(ref, a.package)
+    configs = [(d, None) for d in a.dtypes if d not in QMAX and d != "fp32"]
+    configs += [(d, sc) for d in a.dtypes if d in QMAX for sc in ("absmax", "mse", "own")]
     ref_nll = np.concatenate([s[0] for s in scored["fp32"]])
     ref_top = np.concatenate([s[1] for s in scored["fp32"]])
     rows.append(("fp32", "", math.exp(ref_nll.mean()), 1.0, [a.new_tokens] * len(CHAT), ref.new_cache(a.window).nbytes))
@@ -144,10 +159,14 @@ def main() -> None:
         engine = engines[d]
         if scales == "own":
             engine.kv_scales = tuple((np.maximum(r, 1e-6) / QMAX[d]).astype(np.float32) for r in own)
+        elif scales:
+            engine.kv_scales = tuple((np.maximum(r, 1e-6) / QMAX[d]).astype(np.float32)
+                                     for r in kv_ranges(*calibration, QMAX[d], scales))
         res = [score_window(engine, w) for w in windows]
         nll, top = np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res])
         agree = [prefix(greedy(engine, p, a.new_tokens), r) for p, r in zip(CHAT, ref_greedy)]
-        rows.append((d, "scales from this text" if scales else ("calibrated at export" if d in QMAX else ""),
+        rows.append((d, {"own": "this text's own (absmax)", "absmax": "calibration text, absmax",
+                         "mse": "calibration text, mse", None: ""}[scales],
                      math.exp(nll.mean()), float((top == ref_top).mean()), agree, engine.new_cache(a.window).nbytes))
     base = rows[0][2]
     print(f"| KV cache | scales | perplexity | vs fp32 | top-1 agreement (teacher-forced) | greedy tokens matching fp32 "
@@ -160,8 +179,7 @@ def main() -> None:
     print("| KV cache | RMS error / RMS key | RMS error in code steps |\n|---|---:|---:|")
     for d in a.dtypes:
         if d in QMAX:
-            e = engines[d]
-            scales = _load(a.package, e)
+            scales = tuple(np.maximum(r, 1e-6) / QMAX[d] for r in kv_ranges(*calibration, QMAX[d], CLIP[d]))
             rel, steps = reposition_error(scored["fp32"][0][2], scales, d, ref.manifest.rope)
             print(f"| {d} | {rel:.4f} | {steps:.3f} |")
     del engines, scored
@@ -178,12 +196,6 @@ def main() -> None:
         med = {d: statistics.median(v) for d, v in times.items()}
         print(f"| {n} | " + " | ".join(f"{med[d]:.1f}" for d in a.dtypes) + " | "
               + " | ".join(f"{med[d] / med['fp32']:.2f}" for d in a.dtypes if d != "fp32") + " |")
-
-
-def _load(package: str, engine: Engine):
-    from runtime.engine import _load_scales
-    variant = engine.manifest.kv.variant(engine.kv_dtype)
-    return _load_scales(Path(package) / variant.scales_file)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import numpy as np
 
 from export.architectures import float_weights, rotary_tables, spec_of
 from export.graph import build_graph
-from export.kv_calibration import calibration_ids, measure_kv_range, write_scales
+from export.kv_calibration import calibration_ids, kv_ranges, measure_kv, write_scales
 from export.quantize import NBitsWeight, quantize_rtn
 from slm.errors import SlmError, SourceError
 from slm.package import (KV_DTYPES, Dimensions, KVLayout, KVVariant, Manifest, QUANT_MODES, Quantization, Rope,
@@ -29,6 +29,7 @@ ATTENTION_MODEL = "model_attn.onnx"
 DEFAULT_MAX_POSITIONS = 8192
 KV_VARIANTS = ("fp16", "int8", "int4")   # extra KV cache dtypes exported beside the fp32 cache's graphs
 KV_QMAX = {"int8": 127, "int4": 7}
+KV_CLIP = {"int8": "absmax", "int4": "mse"}     # docs/LONGCTX.md, "A quantized KV cache": measured both
 
 
 def _log(msg: str) -> None:
@@ -193,11 +194,10 @@ def _export_kv_variants(out: Path, dtypes: tuple[str, ...], build, saved: dict, 
     cache's scales calibrated on export/kv_calibration.py's text through the fp32-cache graph."""
     if not dtypes:
         return []
-    ranges = None
+    samples = None
     if any(d in KV_QMAX for d in dtypes):
         _log("calibrating KV cache scales (export/kv_calibration.py's text)")
-        ranges = measure_kv_range(out / "model.onnx", kv, spec, calibration_ids(tokenizer), io,
-                                  max_len=min(max_pos, 1024))
+        samples = measure_kv(out / "model.onnx", kv, spec, calibration_ids(tokenizer), io, max_len=min(max_pos, 1024))
     variants = []
     for short in dtypes:
         dtype = KV_DTYPES[short]
@@ -213,10 +213,10 @@ def _export_kv_variants(out: Path, dtypes: tuple[str, ...], build, saved: dict, 
             del model
         if short in KV_QMAX:
             files["scales_file"] = f"kv_scales.{short}.npz"
-            write_scales(out / files["scales_file"], *ranges, KV_QMAX[short])
+            write_scales(out / files["scales_file"], *kv_ranges(*samples, KV_QMAX[short], KV_CLIP[short]), KV_QMAX[short])
             files.update(quant_type="PER_CHANNEL", k_scale=names["k_scale"], v_scale=names["v_scale"],
-                         calibration="export/kv_calibration.py: largest rotation-invariant |k| and largest |v| "
-                                     f"per layer, KV head and channel, / {KV_QMAX[short]}")
+                         calibration=f"export/kv_calibration.py ({KV_CLIP[short]}): rotation-invariant key range and "
+                                     f"value range per layer, KV head and channel, / {KV_QMAX[short]}")
         variants.append(KVVariant(dtype=dtype, **files))
     return variants
 

@@ -4,7 +4,8 @@
             rotate-half pairs (i, i + hd/2) turn together, so |k_i| <= sqrt(k_i^2 + k_{i+hd/2}^2) at
             every position; the pair's largest norm bounds both channels wherever a token sits.
     values: per (layer, KV head, channel) the largest |v| seen.
-    scale = that maximum / the largest code (127 for int8, 7 for int4).
+    scale = that range / the largest code (127 for int8, 7 for int4); int4 clips the range where
+    that lowers the squared error (`kv_ranges`, clip "mse"), measured in docs/LONGCTX.md.
 
 The text (CALIBRATION_TEXT) is written for this purpose: a mix of prose, dialogue, code, numbers,
 a list and JSON, read once as plain text and once through the chat template (so the template's
@@ -91,16 +92,16 @@ def calibration_ids(tokenizer) -> list[list[int]]:
     return texts
 
 
-def measure_kv_range(model_file: Path, kv: dict, dims, texts: list[list[int]], io,
-                     max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run the fp32-cache graph on each text; return the keys' largest rotation-invariant magnitude
-    and the values' largest |v|, each (num_layers, num_kv_heads, head_dim) float32. `dims`: anything
-    with num_layers, num_kv_heads and head_dim (export's Spec); a text longer than `max_len` tokens
-    runs in pieces."""
+def measure_kv(model_file: Path, kv: dict, dims, texts: list[list[int]], io,
+               max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run the fp32-cache graph on each text; return every token's key pair norms (num_layers,
+    num_kv_heads, tokens, head_dim/2) (rotate-half pairs: what a key is at any position) and values
+    (num_layers, num_kv_heads, tokens, head_dim). `dims`: anything with num_layers, num_kv_heads and
+    head_dim (export's Spec); a text longer than `max_len` tokens runs in pieces."""
     import onnxruntime as ort
 
     L, H, D = dims.num_layers, dims.num_kv_heads, dims.head_dim
-    k_max, v_max = np.zeros((L, H, D), np.float32), np.zeros((L, H, D), np.float32)
+    norms, vals = [], []
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     pieces = [ids[i:i + max_len] for ids in texts for i in range(0, len(ids), max_len)]   # within the rotary table
     for ids in pieces:
@@ -120,16 +121,42 @@ def measure_kv_range(model_file: Path, kv: dict, dims, texts: list[list[int]], i
                 b.bind_ortvalue_output(kv[names[1]][i], ov)
         b.bind_output(io.logits)
         session.run_with_iobinding(b)
-        for i in range(L):
-            k = keys[i][0]                                                   # (H, n, D)
-            half = D // 2
-            pair = np.sqrt(k[..., :half] ** 2 + k[..., half:] ** 2).max(axis=1)   # (H, D/2)
-            k_max[i] = np.maximum(k_max[i], np.concatenate([pair, pair], -1))
-            v_max[i] = np.maximum(v_max[i], np.abs(values[i][0]).max(axis=1))
-    return k_max, v_max
+        k = np.concatenate(keys)[:, :, :, :]                                   # (L, H, n, D)
+        norms.append(np.sqrt(k[..., :D // 2] ** 2 + k[..., D // 2:] ** 2))
+        vals.append(np.concatenate(values))
+    return np.concatenate(norms, axis=2), np.concatenate(vals, axis=2)
 
 
-def write_scales(path: Path, k_max: np.ndarray, v_max: np.ndarray, qmax: int) -> None:
+CLIP_RATIOS = np.linspace(0.3, 1.0, 15)
+
+
+def kv_ranges(key_norms: np.ndarray, values: np.ndarray, qmax: int, clip: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per (layer, KV head, channel) ranges for keys and values, (L, H, D) each.
+
+    clip "absmax": the largest magnitude (a key's pair norm, so every position fits).
+    clip "mse": the fraction of it (CLIP_RATIOS) with the least squared error once quantized to
+    [-qmax - 1, qmax]; keys are sampled at uniformly random rotary phases, as a key at an unknown
+    position is; a few clipped outliers buy finer steps for all the rest.
+    """
+    phase = np.random.default_rng(0).uniform(0, 2 * np.pi, key_norms.shape)
+    keys = np.concatenate([key_norms * np.cos(phase), key_norms * np.sin(phase)], -1)     # (L, H, N, D)
+    k_abs = np.concatenate([key_norms.max(2)] * 2, -1)
+    ranges = []
+    for x, top in ((keys, k_abs), (values, np.abs(values).max(2))):
+        top = np.maximum(top, 1e-6)
+        if clip == "absmax":
+            ranges.append(top.astype(np.float32))
+            continue
+        errors = []
+        for r in CLIP_RATIOS:
+            s = (r * top / qmax)[:, :, None]
+            errors.append(((np.clip(np.rint(x / s), -qmax - 1, qmax) * s - x) ** 2).mean(2))
+        best = CLIP_RATIOS[np.argmin(np.stack(errors), axis=0)]
+        ranges.append((best * top).astype(np.float32))
+    return ranges[0], ranges[1]
+
+
+def write_scales(path: Path, k_range: np.ndarray, v_range: np.ndarray, qmax: int) -> None:
     """Scales = range / qmax (a zero range keeps a tiny scale, so codes stay finite)."""
-    np.savez(path, key=(np.maximum(k_max, 1e-6) / qmax).astype(np.float32),
-             value=(np.maximum(v_max, 1e-6) / qmax).astype(np.float32))
+    np.savez(path, key=(np.maximum(k_range, 1e-6) / qmax).astype(np.float32),
+             value=(np.maximum(v_range, 1e-6) / qmax).astype(np.float32))
