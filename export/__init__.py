@@ -90,7 +90,8 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
     """Export `source` into the package folder `out`. `quant=None` picks "gguf" for a GGUF source
     (its own blocks carried over) and "int4" otherwise. `model`/`tokenizer` skip loading (tests).
     kv_dtypes: KV cache dtypes besides fp32 to write graphs for (`--kv-dtype` at run time); an fp16
-    export (fp16 activations) has only its fp16 cache."""
+    export (fp16 activations, rarely worth it on a CPU) keeps only its fp16 cache, though the CPU
+    kernel would also run an int8 cache under fp16 activations."""
     t0 = time.time()
     src = source if isinstance(source, Source) or model is not None else resolve_source(source)
     base = _fine_tuned_from_gguf(src)

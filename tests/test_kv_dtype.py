@@ -110,7 +110,7 @@ def test_bad_or_missing_dtype_is_one_clear_error(tiny_package, tmp_path, smollm2
     assert Engine(old, threads=1).kv_dtype == "float32"
     with pytest.raises(PackageError, match=r"no int8 KV cache graph .*accepted here: fp32; re-export"):
         Engine(old, kv_dtype="int8")
-    # an fp16 export computes in fp16: the CPU kernel quantizes only under fp32 activations, so it has fp16 KV only
+    # an fp16 export (fp16 activations) gets no other KV graphs (they are written for fp32-activation exports)
     from export import build_package
     from tests.conftest import tiny_llama
 
