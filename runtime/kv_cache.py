@@ -16,6 +16,7 @@ compaction alone, and the runtime dequantises (runtime/kv_quant.py) only what it
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,19 @@ def parse_budget(text: str | int | None, manifest: Manifest, dtype: str | None =
                        f"({16 * per_token + fixed} bytes for this model at KV dtype {dtype or manifest.kv.dtype}: "
                        f"{per_token} bytes per token{scales})")
     return tokens
+
+
+class _FloatKeys(Sequence):
+    """A quantized cache's keys per layer, dequantised only when a policy reads them (knorm)."""
+
+    def __init__(self, cache: "KVCache"):
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cache.keys)
+
+    def __getitem__(self, layer: int) -> np.ndarray:
+        return self.cache.float_keys(layer)
 
 
 @dataclass(frozen=True)
@@ -169,7 +183,7 @@ class KVCache:
         return CacheView(positions=self.positions[:, :, :n], cumulative=self.cumulative[:, :, :n],
                          recent=self.recent[:, :, :n], last=self.last[:, :, :n], spectrum=self.spectrum[..., :n],
                          opening=self.opening[:, :, :n],
-                         keys=[self.float_keys(layer) for layer in range(len(self.keys))],
+                         keys=[k[0, :, :n] for k in self.keys] if self.k_scale is None else _FloatKeys(self),
                          next_position=self.next_position)
 
     def float_keys(self, layer: int) -> np.ndarray:
