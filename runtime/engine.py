@@ -72,7 +72,9 @@ class Engine:
             graph = with_stats
         self.stats_outputs = m.io.attention_mass if graph == with_stats and graph else []
         self.scale_inputs = list(zip(variant.k_scale, variant.v_scale))
-        self.kv_scales = _load_scales(self.path / variant.scales_file) if variant.scales_file else None
+        d = m.dims
+        self.kv_scales = _load_scales(self.path / variant.scales_file, (d.num_layers, d.num_kv_heads, d.head_dim)) \
+            if variant.scales_file else None
         try:
             self.session, self.provider, self.provider_note = open_session(self.path / graph, provider, threads)
         except ort.capi.onnxruntime_pybind11_state.Fail as e:
@@ -357,13 +359,17 @@ class _DecodeBinding:
         engine._bind(cache, b)
 
 
-def _load_scales(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A quantized cache's (key, value) scales, each (num_layers, num_kv_heads, head_dim)."""
+def _load_scales(path: Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A quantized cache's (key, value) scales, each `shape` (num_layers, num_kv_heads, head_dim)."""
     try:
         with np.load(path) as f:
-            return f["key"].astype(np.float32), f["value"].astype(np.float32)
+            scales = f["key"].astype(np.float32), f["value"].astype(np.float32)
     except (OSError, KeyError, ValueError) as e:
         raise PackageError(f"{str(path)!r} is not a KV scales file ({e}); re-export the package") from None
+    if any(s.shape != shape or not (s > 0).all() for s in scales):
+        raise PackageError(f"{str(path)!r} holds scales of shape {scales[0].shape}, expected {shape} and positive; "
+                           f"re-export the package")
+    return scales
 
 
 class _nolock:

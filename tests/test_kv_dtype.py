@@ -110,6 +110,11 @@ def test_bad_or_missing_dtype_is_one_clear_error(tiny_package, tmp_path, smollm2
     assert Engine(old, threads=1).kv_dtype == "float32"
     with pytest.raises(PackageError, match=r"no int8 KV cache graph .*accepted here: fp32; re-export"):
         Engine(old, kv_dtype="int8")
+    # a scales file of the wrong shape is a corrupt package, not a broadcasting error mid-generation
+    np.savez(old / "kv_scales.int8.npz", key=np.ones((1, 2, 3), np.float32), value=np.ones((1, 2, 3), np.float32))
+    (old / "manifest.json").write_text((tiny_package / "manifest.json").read_text())
+    with pytest.raises(PackageError, match=r"kv_scales.int8.npz.* expected \(2, 2, 16\) and positive; re-export"):
+        Engine(old, kv_dtype="int8")
     # an fp16 export (fp16 activations) gets no other KV graphs (they are written for fp32-activation exports)
     from export import build_package
     from tests.conftest import tiny_llama
