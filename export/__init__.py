@@ -18,16 +18,20 @@ import numpy as np
 from export.architectures import float_weights, rotary_tables, spec_of
 from export.calibrate import activation_outliers
 from export.graph import build_graph
+from export.kv_calibration import calibration_ids, kv_ranges, measure_kv, write_scales
 from export.quantize import NBitsWeight, quantize_rtn
 from slm.errors import SlmError, SourceError
-from slm.package import (Dimensions, KVLayout, Manifest, QUANT_MODES, Quantization, Rope, read_manifest,
-                         write_manifest)
+from slm.package import (KV_DTYPES, Dimensions, KVLayout, KVVariant, Manifest, QUANT_MODES, Quantization, Rope,
+                         read_manifest, write_manifest)
 from slm.sources import Source, load_model, resolve_source
 
 EXTERNAL_DATA_BYTES = 1 << 30       # weights past 1 GiB go to an external file
 WEIGHTS_FILE = "weights.data"
 ATTENTION_MODEL = "model_attn.onnx"
 DEFAULT_MAX_POSITIONS = 8192
+KV_VARIANTS = ("fp16", "int8", "int4")   # extra KV cache dtypes exported beside the fp32 cache's graphs
+KV_QMAX = {"int8": 127, "int4": 7}
+KV_CLIP = {"int8": "absmax", "int4": "mse"}     # docs/LONGCTX.md, "A quantized KV cache": measured both
 
 
 def _log(msg: str) -> None:
@@ -96,11 +100,14 @@ def _fine_tuned_from_gguf(src) -> str | None:
 def build_package(source: str | Source | None, out: str | Path, *, quant: str | None = None,
                   accuracy_level: int = 4, block_size: int = 32, max_positions: int | None = None,
                   attention_stats: bool = True, model=None, tokenizer=None, overwrite: bool = True,
-                  head_topk: int = 0, outliers: int = 8) -> Manifest:
+                  head_topk: int = 0, outliers: int = 8, kv_dtypes: tuple[str, ...] = KV_VARIANTS) -> Manifest:
     """Export `source` into the package folder `out`. `quant=None` picks "gguf" for a GGUF source
     (its own blocks carried over) and "int4" otherwise. `model`/`tokenizer` skip loading (tests).
     `outliers`: with int8 activations (accuracy_level 4), up to this many outlier channels per
-    quantised input go through an exact fp32 path (export.calibrate; 0 = off)."""
+    quantised input go through an exact fp32 path (export.calibrate; 0 = off).
+    kv_dtypes: KV cache dtypes besides fp32 to write graphs for (`--kv-dtype` at run time); an fp16
+    export (fp16 activations, rarely worth it on a CPU) keeps only its fp16 cache, though the CPU
+    kernel would also run an int8 cache under fp16 activations."""
     t0 = time.time()
     src = source if isinstance(source, Source) or model is not None else resolve_source(source)
     base = _fine_tuned_from_gguf(src)
@@ -154,23 +161,34 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
     if out.exists() and overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    if attention_stats:
-        saved = _save_external(onnx_model, out / "model.onnx")
+    bad = [d for d in kv_dtypes if d not in KV_VARIANTS]
+    if bad:
+        raise SlmError(f"kv_dtypes {bad} are not exportable KV cache dtypes; accepted: {', '.join(KV_VARIANTS)} "
+                       f"(fp32 is always there)")
+    kv_dtypes = () if kv_dtype == "float16" else tuple(kv_dtypes)
+    saved = {}
+    if attention_stats or kv_dtypes:
+        saved = _save_shared(onnx_model, out / "model.onnx")
         del onnx_model
-        _log("building the attention-statistics graph (for attention-based KV eviction)")
-        attn_model, io, _ = build_graph(spec, weights, rope, kv_dtype=kv_dtype, accuracy_level=accuracy_level,
-                                        attention_stats=True, head_topk=head_topk, outliers=channels, saved=saved)
-        import onnx
-        onnx.save_model(attn_model, str(out / ATTENTION_MODEL))
     else:
         _save_onnx(onnx_model, out / "model.onnx")
+    # every further graph references the initializers already written (no second copy in memory)
+    build = lambda **kw: build_graph(spec, weights, rope, kv_dtype=kv_dtype, accuracy_level=accuracy_level,
+                                     head_topk=head_topk, outliers=channels, saved=saved, **kw)
+    if attention_stats:
+        _log("building the attention-statistics graph (for attention-based KV eviction)")
+        attn_model, io, _ = build(attention_stats=True)
+        _save_sharing(attn_model, out / ATTENTION_MODEL, saved)
+        del attn_model
+    variants = _export_kv_variants(out, kv_dtypes, build, saved, attention_stats, spec, kv, tokenizer, io, max_pos)
     tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
     manifest = Manifest(
         architecture=spec.architecture,
         dims=Dimensions(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
                         num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
                         max_positions=max_pos),
-        kv=KVLayout(dtype=kv_dtype, default_capacity=max_pos, sliding_window=list(spec.sliding_window), **kv),
+        kv=KVLayout(dtype=kv_dtype, default_capacity=max_pos, sliding_window=list(spec.sliding_window),
+                    variants=variants, **kv),
         quant=qrec, io=io, rope=_rope_record(rope, spec),
         attention_model_file=ATTENTION_MODEL if attention_stats else "",
         bos_token_id=tokenizer.bos_token_id, eos_token_ids=eos_ids,
@@ -201,14 +219,57 @@ def _rope_record(rope: dict, spec) -> Rope:
     return Rope(inv_freq=inv, of_layer=list(spec.rope_of_layer))
 
 
-def _save_external(model, path: Path) -> dict:
-    """Save with the weights in one external file; return the written initializers (references to
-    that file) so that a second graph of the package points at the same bytes."""
+def _export_kv_variants(out: Path, dtypes: tuple[str, ...], build, saved: dict, attention_stats: bool, spec,
+                        kv: dict, tokenizer, io, max_pos: int) -> list[KVVariant]:
+    """The graphs again with each other KV cache dtype, reading the same weights file; a quantized
+    cache's scales calibrated on export/kv_calibration.py's text through the fp32-cache graph."""
+    if not dtypes:
+        return []
+    samples = None
+    if any(d in KV_QMAX for d in dtypes):
+        _log("calibrating KV cache scales (export/kv_calibration.py's text)")
+        samples = measure_kv(out / "model.onnx", kv, spec, calibration_ids(tokenizer), io, max_len=min(max_pos, 1024))
+    variants = []
+    for short in dtypes:
+        dtype = KV_DTYPES[short]
+        _log(f"building the graphs with a {short} KV cache")
+        files = {"model_file": f"model.kv-{short}.onnx"}
+        model, _, names = build(cache=dtype)
+        _save_sharing(model, out / files["model_file"], saved)
+        del model
+        if attention_stats:
+            files["attention_model_file"] = f"model_attn.kv-{short}.onnx"
+            model, _, _ = build(cache=dtype, attention_stats=True)
+            _save_sharing(model, out / files["attention_model_file"], saved)
+            del model
+        if short in KV_QMAX:
+            files["scales_file"] = f"kv_scales.{short}.npz"
+            write_scales(out / files["scales_file"], *kv_ranges(*samples, KV_QMAX[short], KV_CLIP[short]), KV_QMAX[short])
+            files.update(quant_type="PER_CHANNEL", k_scale=names["k_scale"], v_scale=names["v_scale"],
+                         calibration=f"export/kv_calibration.py ({KV_CLIP[short]}): rotation-invariant key range and "
+                                     f"value range per layer, KV head and channel, / {KV_QMAX[short]}")
+        variants.append(KVVariant(dtype=dtype, **files))
+    return variants
+
+
+def _save_shared(model, path: Path) -> dict:
+    """Save `model` with its weights in WEIGHTS_FILE; return its initializers as external references,
+    for other graphs to read the same bytes (`_save_sharing`)."""
     import onnx
 
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=WEIGHTS_FILE, size_threshold=1024)
     return {t.name: t for t in onnx.load(str(path), load_external_data=False).graph.initializer}
+
+
+def _save_sharing(model, path: Path, saved: dict) -> None:
+    """Save `model` with every initializer `saved` holds pointing at the bytes already written."""
+    import onnx
+
+    inits = [saved.get(t.name, t) for t in model.graph.initializer]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+    onnx.save_model(model, str(path))
 
 
 def _save_onnx(model, path: Path) -> None:

@@ -31,6 +31,17 @@ IR_VERSION = 10     # onnx 1.23 writes IR 14 by default, which ONNX Runtime <= 1
 MS = "com.microsoft"
 
 
+# a KV cache dtype -> (element type, head_dim per stored element, GroupQueryAttention attributes).
+# bench/gqa_quant_kv.py checked which the CPU kernel runs: K and V must share one quant type (so
+# per-channel for both), int4 is two values a byte in uint8, float8 has no CPU kernel.
+CACHE_FORMATS = {
+    "float32": (TensorProto.FLOAT, 1, {}),
+    "float16": (TensorProto.FLOAT16, 1, {}),
+    "int8": (TensorProto.INT8, 1, {"kv_cache_bit_width": 8, "k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL"}),
+    "int4": (TensorProto.UINT8, 2, {"kv_cache_bit_width": 4, "k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL"}),
+}
+
+
 @dataclass(frozen=True)
 class Spec:
     """What the graph needs to know about the architecture, read off a HF config."""
@@ -272,16 +283,19 @@ def head_rms_norm(g: Graph, x: str, gamma: str, eps: float, heads: int, head_dim
 
 def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.ndarray]], *,
                 kv_dtype: str = "float32", accuracy_level: int = 0,
-                attention_stats: bool = False, head_topk: int = 0,
+                attention_stats: bool = False, head_topk: int = 0, cache: str = "",
                 outliers: dict[str, Outliers] | None = None,
                 saved: dict[str, onnx.TensorProto] | None = None) -> tuple[onnx.ModelProto, GraphIO, dict]:
-    """weights: HF names -> float array (torch layout) or NBitsWeight; rope: key -> (cos, sin) (P, hd/2);
+    """weights: HF names -> float array (torch layout) or NBitsWeight; rope: key -> (cos, sin) (P, hd/2).
+    kv_dtype: the float type of activations (and of the cache); cache: another KV cache dtype (a key
+    of CACHE_FORMATS) under float32 activations; a quantized one takes per-layer scale inputs;
     outliers: input key ("model.layers.{i}.attn_in" / ".mlp_in", "head_in") -> Outliers (their remainder in fp32);
     saved: initializers another graph of the package already wrote, referenced by name (one weights file).
 
-    Returns the model, its IO names, and the KV tensor names per layer.
+    Returns the model, its IO names, and the KV tensor names per layer (and scale names, if any).
     """
     ft = TensorProto.FLOAT16 if kv_dtype == "float16" else TensorProto.FLOAT
+    cache_type, per_element, quant_attrs = CACHE_FORMATS[cache or kv_dtype]
     g = Graph(ft, saved)
     io = GraphIO(attention_mass=[f"attention_mass.{i}" for i in range(spec.num_layers)] if attention_stats else [])
     nh, nkv, hd, H = spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.hidden_size
@@ -293,6 +307,7 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
     total_len = g.input(io.total_sequence_length, TensorProto.INT32, [])
     keep = g.input(io.num_logits_to_keep, TensorProto.INT64, [])
     kv_names = {k: [] for k in ("past_key", "past_value", "present_key", "present_value")}
+    scale_names = {"k_scale": [], "v_scale": []}
     rope_inits = {key: (g.init(f"rope/{key}/cos", c), g.init(f"rope/{key}/sin", s)) for key, (c, s) in rope.items()}
 
     # --- embedding -------------------------------------------------------------------------------
@@ -345,16 +360,23 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
             k = head_rms_norm(g, k, g.init(a + "k_norm.weight", weights[a + "k_norm.weight"]), eps, nkv, hd)
         past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
         for name in (past_k, past_v):
-            g.input(name, ft, ["batch", nkv, "capacity", hd])
+            g.input(name, cache_type, ["batch", nkv, "capacity", hd // per_element])
+        scales = []
+        if quant_attrs:     # (1, nkv, 1, hd) per layer, bound by the runtime from the package's calibration
+            scales = ["", "", g.input(f"kv_scale.{i}.key", TensorProto.FLOAT, [1, nkv, 1, hd]),
+                      g.input(f"kv_scale.{i}.value", TensorProto.FLOAT, [1, nkv, 1, hd])]
+            scale_names["k_scale"].append(scales[2])
+            scale_names["v_scale"].append(scales[3])
         cos, sin = rope_inits[spec.rope_of_layer[i]]
         window = spec.sliding_window[i]
-        outs = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total_len, cos, sin, pos],
+        outs = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total_len, cos, sin, pos] + scales,
                     n_out=4 if attention_stats else 3, domain=MS, name=a + "gqa",
                     num_heads=nh, kv_num_heads=nkv, scale=spec.attn_scale, do_rotary=1,
-                    local_window_size=window if window else -1, **({"qk_output": 2} if attention_stats else {}))
+                    local_window_size=window if window else -1, **({"qk_output": 2} if attention_stats else {}),
+                    **quant_attrs)
         attn, present_k, present_v = outs[:3]
-        g.output(present_k, f"present.{i}.key", ft, ["batch", nkv, "capacity", hd])
-        g.output(present_v, f"present.{i}.value", ft, ["batch", nkv, "capacity", hd])
+        g.output(present_k, f"present.{i}.key", cache_type, ["batch", nkv, "capacity", hd // per_element])
+        g.output(present_v, f"present.{i}.value", cache_type, ["batch", nkv, "capacity", hd // per_element])
         kv_names["past_key"].append(past_k)
         kv_names["past_value"].append(past_v)
         kv_names["present_key"].append(f"present.{i}.key")
@@ -428,4 +450,4 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
     graph = helper.make_graph(g.nodes, "slm_decoder", g.inputs, g.outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
                               ir_version=IR_VERSION, producer_name="slm")
-    return model, io, kv_names
+    return model, io, kv_names | (scale_names if quant_attrs else {})

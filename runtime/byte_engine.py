@@ -108,12 +108,15 @@ class ByteEngine:
     def __init__(self, package: str | Path, *, provider: str = "auto", threads: int | None = None,
                  kv_budget: str | int | None = None, kv_policy: str = "none", evict_chunk: int | None = None,
                  keep_recent: int | None = None, protect_chat: bool = True, prefill_chunk: int | None = None,
-                 lookup: int = 0):
+                 lookup: int = 0, kv_dtype: str | None = None):
         """As runtime.Engine; evict_chunk, keep_recent and prefill_chunk count patches (global slots).
         protect_chat is not applied: a byte package protects only the first 4 slots (the pad patch
-        and the opening) and the newest `keep_recent`."""
+        and the opening) and the newest `keep_recent`. kv_dtype: byte packages have an fp32 cache only."""
         self.path = Path(package)
         self.manifest = m = read_manifest(self.path)
+        if kv_dtype not in (None, "fp32", "float32"):
+            raise SlmError(f"--kv-dtype {kv_dtype!r}: a byte package (megabyte) has an fp32 KV cache only; accepted: fp32")
+        self.kv_dtype = "float32"
         if m.patches is None:
             raise PackageError(f"package {str(self.path)!r} is a token model ({m.architecture}); open it with Engine")
         self.patch_size = P = m.patches.patch_size

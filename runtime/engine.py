@@ -28,7 +28,7 @@ from runtime.sampling import SamplingParams, accept_or_resample, make_rng, sampl
 from runtime.session import open_session
 from runtime.stops import StopMatcher
 from slm.errors import PackageError, PromptTooLongError, SlmError
-from slm.package import read_manifest
+from slm.package import KV_DTYPES, read_manifest
 
 PREFILL_CHUNK = 512     # tokens per prefill call: bounds activation memory for long prompts
 # With the attention-statistics graph ONNX Runtime holds each layer's (heads, chunk, cache) attention
@@ -50,27 +50,39 @@ class Engine:
     def __init__(self, package: str | Path, *, provider: str = "auto", threads: int | None = None,
                  kv_budget: str | int | None = None, kv_policy: str = "none", evict_chunk: int | None = None,
                  keep_recent: int | None = None, protect_chat: bool = True, prefill_chunk: int | None = None,
-                 lookup: int = 0):
+                 lookup: int = 0, kv_dtype: str | None = None):
         """kv_budget: tokens or bytes ("16MiB"); kv_policy: see runtime.eviction.POLICIES.
         evict_chunk: slots freed per eviction (default 1/8 of the budget); keep_recent: newest tokens
         never evicted (default 1/8 of the budget); protect_chat: never evict the system prompt and the
         current user turn; prefill_chunk: tokens per prefill call (default PREFILL_CHUNK, or
         STATS_PREFILL_CHUNK when the policy reads attention statistics); lookup: tokens drafted per
         step by prompt lookup decoding (runtime.lookup; 0 = off): same output, fewer graph calls
-        where the reply repeats its context."""
+        where the reply repeats its context; kv_dtype: the KV cache's storage, fp32 | fp16 | int8 | int4
+        (default: the package's), one of the package's exported KV graphs; a byte budget counts tokens
+        at that dtype."""
         self.path = Path(package)
         self.manifest = read_manifest(self.path)
         m = self.manifest
         self.policy = make_policy(kv_policy, self.path)
         self.kv_policy = kv_policy
-        graph = m.model_file
+        if kv_dtype is not None and kv_dtype not in KV_DTYPES:
+            raise SlmError(f"--kv-dtype {kv_dtype!r} is not a KV cache dtype; accepted: {', '.join(KV_DTYPES)}")
+        self.kv_dtype = KV_DTYPES[kv_dtype] if kv_dtype else m.kv.dtype       # manifest name ("int8", "float32")
+        variant = m.kv.variant(self.kv_dtype)            # PackageError naming the dtypes this package has
+        plain, with_stats = (variant.model_file, variant.attention_model_file) if variant.model_file else \
+            (m.model_file, m.attention_model_file)
+        graph = plain
         if self.policy is not None and self.policy.needs_attention:
-            if not m.attention_model_file:
+            if not with_stats:
                 raise PackageError(f"--kv-policy {kv_policy} needs attention statistics, but package {str(self.path)!r} "
                                    f"was exported without them; re-export it without --no-attention-stats, or use "
                                    f"streaming or knorm")
-            graph = m.attention_model_file
-        self.stats_outputs = m.io.attention_mass if graph == m.attention_model_file and graph else []
+            graph = with_stats
+        self.stats_outputs = m.io.attention_mass if graph == with_stats and graph else []
+        self.scale_inputs = list(zip(variant.k_scale, variant.v_scale))
+        d = m.dims
+        self.kv_scales = _load_scales(self.path / variant.scales_file, (d.num_layers, d.num_kv_heads, d.head_dim)) \
+            if variant.scales_file else None
         try:
             self.session, self.provider, self.provider_note = open_session(self.path / graph, provider, threads)
         except ort.capi.onnxruntime_pybind11_state.Fail as e:
@@ -84,7 +96,7 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file
             raise PackageError(f"{str(self.path / m.tokenizer_file)!r} is not a tokenizers file ({e})") from None
         self.template = compile_template(m.chat_template) if m.chat_template else None
-        self.capacity = parse_budget(kv_budget, m) or min(m.kv.default_capacity, DEFAULT_CAPACITY)
+        self.capacity = parse_budget(kv_budget, m, self.kv_dtype) or min(m.kv.default_capacity, DEFAULT_CAPACITY)
         self.evict_chunk, self.keep_recent = evict_chunk, keep_recent
         self.protect_chat = protect_chat
         for name, value, least in (("prefill_chunk", prefill_chunk, 1), ("evict_chunk", evict_chunk, 1),
@@ -123,7 +135,8 @@ class Engine:
 
     # --- the two model calls -----------------------------------------------------------------------
     def new_cache(self, capacity: int | None = None) -> KVCache:
-        return KVCache(self.manifest, capacity or self.capacity, self.device, attention_stats=bool(self.stats_outputs))
+        return KVCache(self.manifest, capacity or self.capacity, self.device, attention_stats=bool(self.stats_outputs),
+                       kv_dtype=self.kv_dtype, scales=self.kv_scales)
 
     def _bind(self, cache: KVCache, binding: ort.IOBinding) -> None:
         kv = self.manifest.kv
@@ -134,6 +147,9 @@ class Engine:
             binding.bind_ortvalue_output(kv.present_value[i], cache.value_ort[i])
         for name, buf in zip(self.stats_outputs, cache.mass_ort):
             binding.bind_ortvalue_output(name, buf)
+        for (k_name, v_name), (k_scale, v_scale) in zip(self.scale_inputs, cache.scale_ort):
+            binding.bind_ortvalue_input(k_name, k_scale)
+            binding.bind_ortvalue_input(v_name, v_scale)
 
     def eviction_for(self, cache: KVCache, protected: tuple = ()) -> EvictionConfig:
         """When and how much to evict in `cache`: by default 1/8 of its capacity at a time, and its
@@ -349,6 +365,19 @@ class _DecodeBinding:
             b.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
         b.bind_ortvalue_output(io.logits, ort.OrtValue.ortvalue_from_numpy(self.logits))
         engine._bind(cache, b)
+
+
+def _load_scales(path: Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A quantized cache's (key, value) scales, each `shape` (num_layers, num_kv_heads, head_dim)."""
+    try:
+        with np.load(path) as f:
+            scales = f["key"].astype(np.float32), f["value"].astype(np.float32)
+    except (OSError, KeyError, ValueError) as e:
+        raise PackageError(f"{str(path)!r} is not a KV scales file ({e}); re-export the package") from None
+    if any(s.shape != shape or not (s > 0).all() for s in scales):
+        raise PackageError(f"{str(path)!r} holds scales of shape {scales[0].shape}, expected {shape} and positive; "
+                           f"re-export the package")
+    return scales
 
 
 class _nolock:

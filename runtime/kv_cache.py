@@ -8,10 +8,15 @@ When the budget is full, `make_room` asks the policy for scores and compacts eac
 to its best slots, keeping slot order = position order. Each slot remembers the true rotary position
 of its token, so the graph (which takes position ids as an input) continues at the true position.
 Decisions are per (layer, KV head) with the same count everywhere, so every layer keeps one length.
+
+The cache stores keys and values at one dtype (fp32, fp16, int8 or int4, the package's `KVVariant`s):
+a quantized cache has fixed per-channel scales (calibrated at export), so a slot's codes move on
+compaction alone, and the runtime dequantises (runtime/kv_quant.py) only what it reads itself.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +24,7 @@ import onnxruntime as ort
 
 from runtime.eviction import CacheView, Policy
 from runtime.eviction.base import OPENING, SPECTRUM_HALF_LIVES
+from runtime.kv_quant import PER_BYTE, STORAGE, dequantize, quantize
 from slm.errors import BudgetExceededError, SlmError
 from slm.package import Manifest
 
@@ -27,11 +33,13 @@ _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3,
 RECENT_HALF_LIFE = 16           # queries: the observation window of `recent` statistics
 
 
-def parse_budget(text: str | int | None, manifest: Manifest) -> int | None:
-    """A KV budget as tokens: "2048" or "2048tok" are tokens, "16MiB"/"64MB"/"1000000B" are bytes."""
+def parse_budget(text: str | int | None, manifest: Manifest, dtype: str | None = None) -> int | None:
+    """A KV budget as tokens: "2048" or "2048tok" are tokens, "16MiB"/"64MB"/"1000000B" are bytes,
+    counted at the cache's `dtype` (default: the package's), a quantized cache's scales included."""
     if text is None:
         return None
-    per_token = manifest.kv.bytes_per_token(manifest.dims)
+    per_token = manifest.kv.bytes_per_token(manifest.dims, dtype)
+    fixed = manifest.kv.fixed_bytes(manifest.dims, dtype)
     if isinstance(text, int):
         tokens = text
     else:
@@ -39,11 +47,26 @@ def parse_budget(text: str | int | None, manifest: Manifest) -> int | None:
         if not m:
             raise SlmError(f"KV budget {text!r} is not understood; give tokens (2048) or bytes (16MiB, 64MB, 1GiB)")
         value, unit = float(m.group(1)), m.group(2) or "tok"
-        tokens = int(value) if unit in ("tok", "tokens") else int(value * _UNITS[unit]) // per_token
+        tokens = int(value) if unit in ("tok", "tokens") else max(0, int(value * _UNITS[unit]) - fixed) // per_token
     if tokens < 16:
+        scales = f" + {fixed} bytes of scales" if fixed else ""
         raise SlmError(f"KV budget {text!r} holds {tokens} tokens; at least 16 are needed "
-                       f"({16 * per_token} bytes for this model, {per_token} bytes per token)")
+                       f"({16 * per_token + fixed} bytes for this model at KV dtype {dtype or manifest.kv.dtype}: "
+                       f"{per_token} bytes per token{scales})")
     return tokens
+
+
+class _FloatKeys(Sequence):
+    """A quantized cache's keys per layer, dequantised only when a policy reads them (knorm)."""
+
+    def __init__(self, cache: "KVCache"):
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cache.keys)
+
+    def __getitem__(self, layer: int) -> np.ndarray:
+        return self.cache.float_keys(layer)
 
 
 @dataclass(frozen=True)
@@ -56,12 +79,24 @@ class EvictionConfig:
 
 
 class KVCache:
-    def __init__(self, manifest: Manifest, capacity: int, device: str = "cpu", attention_stats: bool = False):
+    def __init__(self, manifest: Manifest, capacity: int, device: str = "cpu", attention_stats: bool = False,
+                 kv_dtype: str | None = None, scales: tuple[np.ndarray, np.ndarray] | None = None):
+        """kv_dtype: a dtype of the package's (manifest names, default its own); scales: a quantized
+        cache's (key, value) scales, each (num_layers, num_kv_heads, head_dim) float32."""
         d = manifest.dims
-        dtype = np.float16 if manifest.kv.dtype == "float16" else np.float32
-        shape = (1, d.num_kv_heads, capacity, d.head_dim)
+        self.kv_dtype = kv_dtype or manifest.kv.dtype
+        dtype = STORAGE[self.kv_dtype]
+        shape = (1, d.num_kv_heads, capacity, d.head_dim // PER_BYTE.get(self.kv_dtype, 1))
         self.capacity = capacity
         self.manifest = manifest
+        if (scales is None) != (self.kv_dtype not in ("int8", "int4")):
+            raise ValueError(f"a {self.kv_dtype} KV cache takes scales exactly when it is quantized")
+        # (L, H, 1, hd) for dequantising a layer's (H, n, hd) slice; the graph reads each layer's (1, H, 1, hd)
+        self.k_scale, self.v_scale = ((np.ascontiguousarray(s[:, :, None], np.float32) for s in scales)
+                                      if scales is not None else (None, None))
+        self.scale_ort = ([(ort.OrtValue.ortvalue_from_numpy(self.k_scale[i][None]),
+                            ort.OrtValue.ortvalue_from_numpy(self.v_scale[i][None])) for i in range(d.num_layers)]
+                          if scales is not None else [])
         self.sliding = np.asarray(manifest.kv.sliding_window) > 0     # layers that keep a recent window
         if device == "cpu":      # numpy owns the memory, OrtValues view it: eviction compacts in numpy
             self.keys = [np.zeros(shape, dtype) for _ in range(d.num_layers)]
@@ -72,7 +107,8 @@ class KVCache:
             self.keys = self.values = None
             self.key_ort = [ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0) for _ in range(d.num_layers)]
             self.value_ort = [ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0) for _ in range(d.num_layers)]
-        self.nbytes = 2 * d.num_layers * int(np.prod(shape)) * np.dtype(dtype).itemsize
+        self.nbytes = 2 * d.num_layers * int(np.prod(shape)) * np.dtype(dtype).itemsize + \
+            (self.k_scale.nbytes + self.v_scale.nbytes if scales is not None else 0)
         stats_shape = (d.num_layers, d.num_kv_heads, capacity)
         self.positions = np.zeros(stats_shape, np.int64)   # true position of the token in each slot
         self.cumulative = np.zeros(stats_shape, np.float32)
@@ -147,7 +183,13 @@ class KVCache:
         return CacheView(positions=self.positions[:, :, :n], cumulative=self.cumulative[:, :, :n],
                          recent=self.recent[:, :, :n], last=self.last[:, :, :n], spectrum=self.spectrum[..., :n],
                          opening=self.opening[:, :, :n],
-                         keys=[k[0, :, :n] for k in self.keys], next_position=self.next_position)
+                         keys=[k[0, :, :n] for k in self.keys] if self.k_scale is None else _FloatKeys(self),
+                         next_position=self.next_position)
+
+    def float_keys(self, layer: int) -> np.ndarray:
+        """A layer's cached keys (H, length, head_dim) as floats: a view, or dequantised codes."""
+        k = self.keys[layer][0, :, :self.length]
+        return dequantize(k, self.k_scale[layer], self.kv_dtype) if self.k_scale is not None else k
 
     def make_room(self, n: int, config: EvictionConfig) -> int:
         """Evict so that `n` more tokens fit; return how many slots were freed (0 if they fit)."""
@@ -209,10 +251,11 @@ class KVCache:
             delta = (new[None, :] - self.positions[layer, :, :n]).astype(np.float64)     # (H, n), <= 0
             ang = delta[..., None] * inv                                                  # (H, n, hd/2)
             cos, sin = np.cos(ang), np.sin(ang)
-            k = self.keys[layer][0, :, :n]
+            k = self.float_keys(layer)          # a quantized cache: dequantise, rotate, requantise
             half = k.shape[-1] // 2
             k1, k2 = k[..., :half].astype(np.float64), k[..., half:].astype(np.float64)
-            k[..., :half] = k1 * cos - k2 * sin
-            k[..., half:] = k2 * cos + k1 * sin
+            rotated = np.concatenate([k1 * cos - k2 * sin, k2 * cos + k1 * sin], -1)
+            scale = self.k_scale[layer] if self.k_scale is not None else None
+            self.keys[layer][0, :, :n] = quantize(rotated, scale, self.kv_dtype)
         self.positions[:, :, :n] = new
         self.next_position = n

@@ -18,6 +18,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-budget", default=None, metavar="TOKENS|BYTES",
                    help="KV cache budget: tokens (2048) or bytes (16MiB); the buffer never grows past it")
     p.add_argument("--kv-policy", default="none", help="eviction policy when the budget is full (none refuses)")
+    p.add_argument("--kv-dtype", default=None, metavar="fp32|fp16|int8|int4",
+                   help="KV cache storage (default: the package's); a byte budget holds 2x (fp16), 4x (int8) "
+                        "or 8x (int4) the fp32 tokens")
     p.add_argument("--evict-chunk", type=int, default=None, metavar="TOKENS",
                    help="slots freed per eviction (default: 1/8 of the budget)")
     p.add_argument("--keep-recent", type=int, default=None, metavar="TOKENS",
@@ -35,7 +38,7 @@ def _open_engine(package, args: argparse.Namespace):
         warnings.simplefilter("ignore", ProviderFallbackWarning)
         return Engine(package, provider=args.provider, threads=args.threads, kv_budget=args.kv_budget,
                       kv_policy=args.kv_policy, evict_chunk=args.evict_chunk, keep_recent=args.keep_recent,
-                      lookup=args.lookup)
+                      lookup=args.lookup, kv_dtype=args.kv_dtype)
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:

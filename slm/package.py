@@ -7,9 +7,13 @@ A package is a folder:
     tokenizer.json    a Hugging Face `tokenizers` file (none for a byte model)
     namm.npz          optional: an evolved NAMM eviction scorer (`slm evolve`)
     local.onnx        a byte model (architecture "megabyte") only: its local graph (`Patches`)
+    model.kv-int8.onnx, model_attn.kv-int8.onnx, kv_scales.int8.npz, ...
+                      optional: the same graphs with a float16 / int8 / int4 KV cache (`KVVariant`),
+                      reading the same weights file, and the calibrated scales of a quantized cache
 
 Format versions: 2 added `Patches` (byte models); a version-1 package is a version-2 package
-without it and is read as such.
+without it and is read as such. `KVLayout.variants` and `Quantization.outliers` are additive
+(absent: none).
 
 Only this module parses manifest.json. Stdlib only: the runtime imports it.
 """
@@ -26,6 +30,9 @@ READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 ARCHITECTURES = ("llama", "gemma3", "megabyte")
 QUANT_MODES = ("fp32", "fp16", "int8", "int4", "gguf")
+KV_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8", "int4": "int4"}   # --kv-dtype -> manifest dtype
+KV_DTYPE_NAMES = {v: k for k, v in KV_DTYPES.items()}                                 # manifest dtype -> --kv-dtype
+KV_BITS = {"float32": 32, "float16": 16, "int8": 8, "int4": 4}
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,22 @@ class Dimensions:
     num_kv_heads: int
     head_dim: int
     max_positions: int          # rotary tables cover positions [0, max_positions)
+
+
+@dataclass(frozen=True)
+class KVVariant:
+    """The package's graphs with another KV cache dtype: same weights file, same IO names, plus (when
+    quantized) one key and one value scale input per layer, (1, num_kv_heads, 1, head_dim) float32,
+    bound from `scales_file`. GroupQueryAttention quantizes new keys and values with them inside the
+    kernel (symmetric, round to nearest, saturating); int4 packs two values a byte along head_dim."""
+    dtype: str                  # "float16" | "int8" | "int4"
+    model_file: str
+    attention_model_file: str = ""          # "" = no attention-statistics graph at this dtype
+    quant_type: str = "NONE"                # GroupQueryAttention k_quant_type = v_quant_type
+    k_scale: list[str] = field(default_factory=list)    # graph input names, one per layer
+    v_scale: list[str] = field(default_factory=list)
+    scales_file: str = ""                   # .npz: "key", "value" (num_layers, num_kv_heads, head_dim) float32
+    calibration: str = ""                   # what the scales were measured on
 
 
 @dataclass(frozen=True)
@@ -53,10 +76,30 @@ class KVLayout:
     present_value: list[str]
     default_capacity: int       # slots when no budget is given (the model's context)
     sliding_window: list[int]   # per layer: attention window in tokens, 0 = global
+    variants: list[KVVariant] = field(default_factory=list)   # other KV dtypes (packages before them: none)
 
-    def bytes_per_token(self, dims: Dimensions) -> int:
-        itemsize = 2 if self.dtype == "float16" else 4
-        return 2 * dims.num_layers * dims.num_kv_heads * dims.head_dim * itemsize
+    def bytes_per_token(self, dims: Dimensions, dtype: str | None = None) -> int:
+        """Bytes of keys and values one cached token takes at `dtype` (default: the package's)."""
+        return 2 * dims.num_layers * dims.num_kv_heads * dims.head_dim * KV_BITS[dtype or self.dtype] // 8
+
+    def fixed_bytes(self, dims: Dimensions, dtype: str | None = None) -> int:
+        """Bytes a cache at `dtype` takes whatever its length: a quantized cache's float32 scales."""
+        return 2 * dims.num_layers * dims.num_kv_heads * dims.head_dim * 4 if self.variant(dtype).k_scale else 0
+
+    def dtypes(self) -> list[str]:
+        return [self.dtype] + [v.dtype for v in self.variants]
+
+    def variant(self, dtype: str | None) -> KVVariant:
+        """The graphs of a KV dtype; the package's own dtype is the package's main graphs."""
+        for v in self.variants:
+            if v.dtype == dtype:
+                return v
+        if dtype in (None, self.dtype):
+            return KVVariant(dtype=self.dtype, model_file="")
+        short = KV_DTYPE_NAMES
+        raise PackageError(f"this package has no {short.get(dtype, dtype)} KV cache graph (exported before quantized "
+                           f"KV caches, or without that dtype); accepted here: "
+                           f"{', '.join(short[d] for d in self.dtypes())}; re-export the package for the others")
 
 
 @dataclass(frozen=True)
@@ -151,9 +194,10 @@ class Manifest:
             raise PackageError(f"architecture {d.get('architecture')!r} is unknown; "
                                f"accepted: {', '.join(ARCHITECTURES)}")
         try:
+            kv = {**d["kv"], "variants": [_build(KVVariant, v) for v in d["kv"].get("variants", [])]}
             m = Manifest(
                 **{k: v for k, v in d.items() if k not in ("dims", "kv", "quant", "io", "rope", "patches")},
-                dims=_build(Dimensions, d["dims"]), kv=_build(KVLayout, d["kv"]),
+                dims=_build(Dimensions, d["dims"]), kv=_build(KVLayout, kv),
                 quant=_build(Quantization, d["quant"]), io=_build(GraphIO, d["io"]), rope=_build(Rope, d["rope"]),
                 patches=_build_patches(d["patches"]) if d.get("patches") is not None else None)
         except (KeyError, TypeError, AttributeError) as e:
@@ -205,7 +249,8 @@ def read_manifest(folder: str | Path) -> Manifest:
     m = Manifest.from_dict(d)
     optional = tuple(name for name in (m.tokenizer_file, m.attention_model_file, m.namm_file) if name)
     byte_model = (m.patches.local_model_file,) if m.patches else ()
-    for name in (m.model_file,) + byte_model + optional:
+    variants = tuple(name for v in m.kv.variants for name in (v.model_file, v.attention_model_file, v.scales_file) if name)
+    for name in (m.model_file,) + byte_model + optional + variants:
         if not (folder / name).is_file():
             raise PackageError(f"package {str(folder)!r} lacks {name!r} named by its manifest; re-export it")
     return m

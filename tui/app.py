@@ -28,6 +28,7 @@ from textual.worker import WorkerCancelled, WorkerFailed
 from runtime.events import GenerationEvent
 from runtime.sampling import SamplingParams
 from slm.errors import ProviderFallbackWarning, SlmError
+from slm.package import KV_DTYPE_NAMES
 from tui.messages import EngineFailed, EngineLoaded, PromptSubmitted
 from tui.screens import ConfirmScreen, HelpScreen, PackagePicker, RenameScreen, SettingsScreen
 from tui.store import UNTITLED, ChatSettings, Conversation, ReplyStats, Store, default_db_path
@@ -120,6 +121,8 @@ class ChatApp(App):
         if self.engine is not None:
             status.capacity, status.policy = self.engine.capacity, self.engine.kv_policy
             status.context = self.engine.manifest.kv.default_capacity    # over capacity: capped (4,096 by default)
+            dtype = KV_DTYPE_NAMES.get(getattr(self.engine, "kv_dtype", "float32"), "")
+            status.kv_dtype = "" if dtype == "fp32" else dtype
         self.title = f"slm · {self.model_name}"
 
     def show_chat_list(self) -> None:
@@ -340,7 +343,8 @@ def run_chat(engine: Engine | None = None, *, system_prompt: str | None = None, 
         def engine_factory(path: Path) -> Engine:
             if engine is None:
                 return Engine(path)
-            return Engine(path, provider=engine.provider, kv_policy=engine.kv_policy)
+            return Engine(path, provider=engine.provider, kv_policy=engine.kv_policy,
+                          kv_dtype=KV_DTYPE_NAMES.get(getattr(engine, "kv_dtype", "")))
     store = Store(db_path or default_db_path())
     try:
         ChatApp(engine, store, engine_factory=engine_factory, system_prompt=system_prompt, settings=settings).run()

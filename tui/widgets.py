@@ -168,6 +168,7 @@ class StatusBar(Widget):
     capacity: reactive[int] = reactive(0)
     context: reactive[int] = reactive(0)       # the model's context; more than `capacity` says the cache is capped
     policy: reactive[str] = reactive("none")
+    kv_dtype: reactive[str] = reactive("")     # "int8", "int4", "fp16": a cache not stored at fp32 ("" = fp32)
     generating: reactive[bool] = reactive(False)
 
     def render(self) -> Text:
@@ -181,7 +182,7 @@ class StatusBar(Widget):
         else:
             out.append(f"{s.tokens_per_s:.1f} tok/s · TTFT {s.ttft_s:.2f} s · {s.generated_tokens} tokens")
             cached, capacity, evicted, policy = s.cached_tokens, s.capacity_tokens, s.evicted_tokens, s.policy
-        out.append("  │  KV ")
+        out.append(f"  │  KV {self.kv_dtype} " if self.kv_dtype else "  │  KV ")
         fill = cached / capacity if capacity else 0.0
         cells = round(fill * self.METER_CELLS)
         colour = "green" if fill < 0.7 else "yellow" if fill < 0.9 else "red"

@@ -2,6 +2,7 @@
 the same shape; the cache evicts the lowest-scoring slots of each (layer, KV head)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ class CacheView:
     cumulative: np.ndarray      # float32 (L, H, n): attention mass received, summed over every query so far
     recent: np.ndarray          # float32 (L, H, n): the same, exponentially decayed (half-life ~ obs window)
     last: np.ndarray            # float32 (L, H, n): mass from the latest step's queries (per query)
-    keys: list[np.ndarray]      # per layer (H, n, head_dim): cached keys (after rotary)
+    keys: Sequence[np.ndarray]  # per layer (H, n, head_dim): cached keys (after rotary), as floats
     next_position: int          # position the next token will take
     spectrum: np.ndarray | None = None  # float32 (S, L, H, n): EMAs of the mass at SPECTRUM_HALF_LIVES
     opening: np.ndarray | None = None   # float32 (L, H, n): share of its step's attention each token's step gave

@@ -37,8 +37,10 @@ def run_cell(package: str, policy: str, budget: float, args) -> dict:
     """One (policy, budget): every case, greedy; score, KV bytes, decode speed; peak RSS at the end."""
     from runtime import Engine
 
-    engine = Engine(package, threads=args.threads, kv_policy=policy, protect_chat=False)
-    per_token = engine.manifest.kv.bytes_per_token(engine.manifest.dims)
+    engine = Engine(package, threads=args.threads, kv_policy=policy, protect_chat=False, kv_dtype=args.kv_dtype)
+    kv = engine.manifest.kv
+    per_token = kv.bytes_per_token(engine.manifest.dims, engine.kv_dtype)
+    fixed = kv.fixed_bytes(engine.manifest.dims, engine.kv_dtype)
     rows = []
     for case in build_cases(engine, args):
         prompt = [{"role": "user", "content": case.prompt}] if engine.template else case.prompt
@@ -52,7 +54,7 @@ def run_cell(package: str, policy: str, budget: float, args) -> dict:
         events = list(engine.generate(prompt, max_tokens=case.max_tokens, cache=cache))
         output = "".join(e.text for e in events)
         rows.append({"task": case.task, "haystack": case.haystack, "length": case.length, "prompt_tokens": n_prompt,
-                     "capacity": capacity, "kv_bytes": capacity * per_token, "score": case.score(output),
+                     "capacity": capacity, "kv_bytes": capacity * per_token + fixed, "score": case.score(output),
                      "decode_tps": events[-1].tokens_per_s, "seconds": time.perf_counter() - t0,
                      "evicted": events[-1].kv.evicted_tokens, "output": output[:200]})
     return {"policy": policy if budget < 1 else "full", "budget": budget, "rows": rows, "peak_rss_mib": _peak_rss_mib()}
@@ -142,6 +144,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="docs/longctx", help="folder for results.json, table.md, plot.png")
+    p.add_argument("--kv-dtype", default=None, metavar="fp32|fp16|int8|int4",
+                   help="KV cache storage of every cell (default: the package's); KV MiB counts at it")
     p.add_argument("--cell", nargs=3, metavar=("PACKAGE", "POLICY", "BUDGET"), help=argparse.SUPPRESS)
 
 
@@ -164,7 +168,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     passthrough = ["--tasks", *args.tasks, "--haystacks", *args.haystacks, "--lengths", *map(str, args.lengths),
                    "--samples", str(args.samples), "--seed", str(args.seed), "--threads", str(args.threads),
-                   "--longeval", *args.longeval]
+                   "--longeval", *args.longeval] + (["--kv-dtype", args.kv_dtype] if args.kv_dtype else [])
     record = {k: v for k, v in vars(args).items() if k != "func"}
     cells = _resume(out / "results.json", package, record)
     for policy, budget in [("none", 1.0)] + [(p, b) for b in args.budgets for p in args.policies]:
@@ -191,7 +195,7 @@ def run(args) -> int:
 
 # what a cell's result depends on; the policies and budgets only say which cells there are, so a run
 # that asks for more of them reuses the ones it has
-_SAME_RUN = ("tasks", "haystacks", "lengths", "samples", "longeval", "seed", "threads")
+_SAME_RUN = ("tasks", "haystacks", "lengths", "samples", "longeval", "seed", "threads", "kv_dtype")
 
 
 def _resume(path: Path, package: str, record: dict) -> list[dict]:
