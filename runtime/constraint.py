@@ -22,6 +22,7 @@ import numpy as np
 from slm.errors import SlmError
 
 KINDS = ("json_schema", "regex", "lark")
+_NAMES = {"json_schema": "JSON Schema", "regex": "regex", "lark": "Lark grammar"}
 # Compact JSON, spaced as json.dumps writes it: a small model left free whitespace may pad forever.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
@@ -43,7 +44,7 @@ class Constraint:
         if self.kind not in KINDS:
             raise ConstraintError(f"constraint kind {self.kind!r} is unknown; use one of {', '.join(KINDS)}")
         if not isinstance(self.source, str) or not self.source.strip():
-            raise ConstraintError(f"the {self.kind} constraint is empty; give a non-empty {self.kind}")
+            raise ConstraintError(f"the {_NAMES[self.kind]} is empty; give a non-empty one")
 
     @classmethod
     def json_schema(cls, schema: dict | bool | str) -> Constraint:
@@ -92,24 +93,30 @@ class Grammars:
         try:
             grammar = constraint.grammar()
         except ValueError as e:
-            raise ConstraintError(f"the {constraint.kind} does not compile: {e}") from None
+            raise ConstraintError(f"the {_NAMES[constraint.kind]} does not compile: {e}") from None
         failed, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer)
         if failed:
-            message = messages[0].strip()
+            message = _one_line(messages[0])
             unimplemented = _UNIMPLEMENTED.search(message)
             if unimplemented:
                 keyword = unimplemented.group(1)
                 raise ConstraintError(f"the JSON Schema keyword {keyword!r} cannot be enforced while decoding "
                                       f"(llguidance {llg.__version__} does not implement it); remove it, or "
                                       f"validate it after generation ({message})", keyword=keyword)
-            raise ConstraintError(f"the {constraint.kind.replace('_', ' ')} does not compile: {message}")
+            raise ConstraintError(f"the {_NAMES[constraint.kind]} does not compile: {message}")
         return grammar
 
     def guide(self, constraint: Constraint) -> Guide:
         matcher = llg.LLMatcher(self.tokenizer, self.check(constraint), log_level=0)
         if matcher.is_error():
-            raise ConstraintError(f"the {constraint.kind} does not compile: {matcher.get_error()}")
+            raise ConstraintError(f"the {_NAMES[constraint.kind]} does not compile: {_one_line(matcher.get_error())}")
         return Guide(matcher, self.vocab_size)
+
+
+def _one_line(message: str) -> str:
+    """llguidance's message without its source excerpt and caret lines (the position is in its first line)."""
+    lines = [x.strip() for x in message.splitlines()]
+    return " ".join(x for x in lines if x and set(x) != {"^"} and not re.match(r"\d+ \|", x))
 
 
 class Guide:

@@ -191,3 +191,37 @@ def test_padded_vocabulary_never_allows_ids_past_the_tokenizer(tiny_package, tmp
     guide = grammars.guide(Constraint.regex("(?s:.{1,20})"))
     masked = guide.mask(np.zeros(n + 300, np.float32))
     assert np.isfinite(masked[:n]).sum() > 1000 and not np.isfinite(masked[n:]).any()
+
+
+# --- slm generate --json-schema / --regex / --grammar --------------------------------------------
+def _slm(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "slm.cli", *args], capture_output=True, text=True, timeout=180)
+
+
+def test_cli_json_schema_and_regex(tiny_package, tmp_path):
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps(PERSON))
+    out = _slm("generate", "A person", "--model", str(tiny_package), "--threads", "1", "--max-tokens", "120",
+               "--json-schema", str(schema), "--temperature", "1", "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    jsonschema.validate(json.loads(out.stdout), PERSON)
+    out = _slm("generate", "A date", "--model", str(tiny_package), "--threads", "1", "--regex", r"20[0-9]{2}-[01][0-9]")
+    assert out.returncode == 0 and re.fullmatch(r"20[0-9]{2}-[01][0-9]\n", out.stdout), out
+
+
+@pytest.mark.parametrize("flag,content,message", [
+    ("--grammar", "start: foo\n", 'unknown name: "foo"'),
+    ("--json-schema", '{"not": {}}', "keyword 'not' cannot be enforced"),
+    ("--json-schema", "{oops", "not valid JSON"),
+    ("--json-schema", None, "cannot be read"),
+])
+def test_cli_bad_constraint_is_one_line_exit_2(tiny_package, tmp_path, flag, content, message):
+    path = tmp_path / "c.txt"
+    if content is not None:
+        path.write_text(content)
+    out = _slm("generate", "Hi", "--model", str(tiny_package), "--threads", "1", flag, str(path))
+    assert out.returncode == 2 and out.stdout == "", out
+    error = out.stderr.splitlines()[-1]
+    assert error.startswith("error: ") and message in error and "Traceback" not in out.stderr
