@@ -34,6 +34,7 @@ TOOLS_PROMPT = ("# Tools\n\nYou may call one or more functions to assist with th
                 "<tool_call></tool_call> XML tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": "
                 "<args-json-object>}}\n</tool_call>")
 ANY_JSON_OBJECT = {"type": "object"}
+NOT_A_CALL = r"TEXT: /(?s:.*)/ & ~/(?s:<tool_call>.*)/"      # any text that does not open a call
 
 
 def renders_tools(template_source: str | None) -> bool:
@@ -55,14 +56,15 @@ class ToolPlan:
         native = renders_tools(template_source)
         tools = [t.model_dump(exclude_none=True) for t in body.tools or ()]
         choice = body.tool_choice or ("auto" if tools else "none")
-        calls = bool(tools) and choice != "none"
         messages = [_message(m, native) for m in body.messages]
-        if calls and not native:
+        if tools and not native:
             messages = _with_tools_prompt(messages, tools)
         reply = _reply_schema(body)
-        if not calls:
-            constraint = Constraint.json_schema(reply) if reply is not None else None
-            return cls(messages, None, constraint, False, "response_format" if constraint else None)
+        if choice == "none":    # the tools stay in the prompt (as OpenAI keeps them); the reply may not call
+            constraint = Constraint.json_schema(reply) if reply is not None else \
+                Constraint.lark("start: TEXT\n" + NOT_A_CALL) if tools else None
+            return cls(messages, tools if native and tools else None, constraint, False,
+                       "response_format" if reply is not None else None)
         offered = [t for t in tools if not isinstance(choice, NamedToolChoice) or t["function"]["name"] == choice.function.name]
         grammar = _calls_grammar(offered, parallel=body.parallel_tool_calls and not isinstance(choice, NamedToolChoice),
                                  text=choice == "auto", reply=reply)
@@ -121,8 +123,8 @@ def _calls_grammar(tools: list[dict], *, parallel: bool, text: bool, reply: dict
              f"body: %json {json.dumps(call_schema)}"]
     if text and reply is not None:
         lines.append(f"reply: %json {json.dumps(_with_options(reply))}")
-    elif text:    # any text that does not open a call
-        lines += ["reply: TEXT", r"TEXT: /(?s:.*)/ & ~/(?s:<tool_call>.*)/"]
+    elif text:
+        lines += ["reply: TEXT", NOT_A_CALL]
     return "\n".join(lines) + "\n"
 
 
