@@ -129,14 +129,19 @@ class Guide:
     def __init__(self, matcher: llg.LLMatcher, vocab_size: int):
         self.matcher = matcher
         self.bits = np.zeros((vocab_size + 31) // 32, np.int32)    # one bit per token id
+        self.masked = np.empty(vocab_size, np.float32)             # reused: a fresh array costs more than the mask
         self.consumed = 0
         self.complete_at: int | None = None     # tokens consumed when the grammar could take no more
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
-        """`logits` with every token the grammar forbids next set to -inf (a new array)."""
+        """`logits` with every token the grammar forbids next set to -inf: an array of the guide's own,
+        valid until the next call (the input is not modified)."""
         self.matcher.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
         allowed = np.unpackbits(self.bits.view(np.uint8), count=len(logits), bitorder="little").view(bool)
-        return np.where(allowed, logits, np.float32(-np.inf))
+        out = self.masked[:len(logits)]
+        out.fill(-np.inf)
+        np.copyto(out, logits, where=allowed)
+        return out
 
     def consume(self, token: int) -> None:
         if not self.matcher.consume_token(token):

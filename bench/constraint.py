@@ -1,0 +1,198 @@
+"""Constrained decoding benchmark: the mask's cost per token, compile times, JSON validity with and
+without the constraint, and unconstrained decode speed before and after the change (A/B).
+
+    python bench/constraint.py --packages /tmp/smollm2 ~/.cache/slm/packages/qwen2.5-coder-1.5b
+    python bench/constraint.py --packages /tmp/smollm2 --validity 50 --ab-rounds 8
+
+- mask µs/token: time inside Guide.mask + Guide.consume (llguidance's mask into a bit array, the
+  bits to -inf on the logits, the parser step), per generated token of a real constrained reply;
+- compile ms: the tokenizer (once per engine) and each grammar (check + matcher, per request);
+- validity: `json.loads` + jsonschema over `--validity` prompts asking for a JSON object, greedy,
+  with and without `constraint=` (no fence stripping: the reply is the JSON or it is not);
+- A/B: decode tokens/s of the engine at the branch's base commit (`--base`, loaded from git) and of
+  this engine with constraint=None, interleaved round by round on the same prompt. Prints tables.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jsonschema  # noqa: E402
+import numpy as np  # noqa: E402
+
+from runtime import Engine, SamplingParams  # noqa: E402
+from runtime.constraint import Constraint, Grammars, Guide  # noqa: E402
+
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city", "hobbies"],
+          "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"},
+                         "hobbies": {"type": "array", "items": {"type": "string"}, "maxItems": 4}}}
+TOOL_CALL = ('start: "<tool_call>\\n" body "\\n</tool_call>"\nbody: %json {"type": "object", "required": '
+             '["name", "arguments"], "properties": {"name": {"const": "get_weather"}, "arguments": {"type": "object",'
+             ' "properties": {"city": {"type": "string"}}, "required": ["city"]}}}\n')
+GRAMMARS = {"regex date": Constraint.regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
+            "json person": Constraint.json_schema(PERSON),
+            "json object": Constraint.json_schema({"type": "object"}),
+            "lark tool call": Constraint.lark(TOOL_CALL)}
+PEOPLE = ["a retired teacher", "a young chef", "a jazz drummer", "a marine biologist", "a taxi driver", "a poet",
+          "a software tester", "a beekeeper", "a ballet dancer", "a firefighter"]
+CITIES = ["Lyon", "Osaka", "Lima", "Accra", "Quebec"]
+
+
+class TimedGuide(Guide):
+    spent: list[float] = []         # mask + consume, per token
+    library: list[float] = []       # llguidance's mask computation alone, timed again on a copy of the state
+
+    def mask(self, logits):
+        t = time.perf_counter()
+        out = super().mask(logits)
+        self.spent.append(time.perf_counter() - t)
+        twin, scratch = self.matcher.deep_copy(), np.zeros_like(self.bits)
+        t = time.perf_counter()
+        twin.unsafe_compute_mask_ptr(scratch.ctypes.data, scratch.nbytes)
+        self.library.append(time.perf_counter() - t)
+        return out
+
+    def consume(self, token):
+        t = time.perf_counter()
+        super().consume(token)
+        self.spent[-1] += time.perf_counter() - t
+
+
+class TimedGrammars(Grammars):
+    def guide(self, constraint):
+        g = super().guide(constraint)
+        return TimedGuide(g.matcher, self.vocab_size)
+
+
+def prompts(n: int) -> list[str]:
+    return [f"Describe {PEOPLE[i % len(PEOPLE)]} from {CITIES[i % len(CITIES)]} as a JSON object with the keys "
+            f"name, age, city and hobbies (a list of up to 4 strings). Reply with the JSON only." for i in range(n)]
+
+
+def valid(text: str) -> bool:
+    try:
+        jsonschema.validate(json.loads(text), PERSON)
+    except (json.JSONDecodeError, jsonschema.ValidationError):
+        return False
+    return True
+
+
+def mask_cost(engine: Engine, n_prompts: int) -> dict[str, tuple[float, float, float, int]]:
+    """Per grammar: (median, p90, mean) µs per token of mask + parser step, and tokens, over real replies;
+    also llguidance's own mask computation for the JSON schema."""
+    rows = {}
+    for name in ("json person", "lark tool call", "regex date"):
+        TimedGuide.spent, TimedGuide.library = [], []
+        for p in prompts(n_prompts):
+            list(engine.generate(p, max_tokens=96, constraint=GRAMMARS[name], cache=engine.new_cache()))
+        for label, xs in ((name, TimedGuide.spent), (f"  of which llguidance's mask ({name})", TimedGuide.library)):
+            us = sorted(x * 1e6 for x in xs)
+            rows[label] = (statistics.median(us), us[int(0.9 * (len(us) - 1))], statistics.fmean(us), len(us))
+    return rows
+
+
+def compile_times(engine: Engine) -> dict[str, float]:
+    t = time.perf_counter()
+    grammars = TimedGrammars(engine.path.joinpath(engine.manifest.tokenizer_file).read_text(),
+                             vocab_size=engine.manifest.dims.vocab_size, eos_ids=sorted(engine.eos_ids))
+    out = {"tokenizer (once per engine)": (time.perf_counter() - t) * 1e3}
+    for name, c in GRAMMARS.items():
+        runs = []
+        for _ in range(5):
+            t = time.perf_counter()
+            grammars.guide(c)       # check + matcher: what each request pays
+            runs.append(time.perf_counter() - t)
+        out[name] = statistics.median(runs) * 1e3
+    engine._grammars = grammars
+    return out
+
+
+def validity(engine: Engine, n: int) -> dict[str, tuple[int, int, int, float]]:
+    rows = {}
+    for label, c in (("without constraint", None), ("with constraint", GRAMMARS["json person"])):
+        ok, cut, tokens, t = 0, 0, 0, time.perf_counter()
+        for p in prompts(n):
+            events = list(engine.generate(p, max_tokens=128, constraint=c, cache=engine.new_cache()))
+            ok += valid("".join(e.text for e in events))
+            cut += events[-1].finish_reason == "length"
+            tokens += events[-1].generated_tokens
+        rows[label] = (ok, cut, n, tokens / (time.perf_counter() - t))
+    return rows
+
+
+def base_engine_class(base: str):
+    """Engine as of commit `base` (the old path), loaded from git beside this one."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{base}:runtime/engine.py"], capture_output=True,
+                            text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "engine_base.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("engine_base", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Engine
+
+
+def ab(package: str, base: str, rounds: int, new_tokens: int, threads: int | None) -> dict[str, list[float]]:
+    engines = {"old path (base)": base_engine_class(base)(package, threads=threads),
+               "new, constraint=None": Engine(package, threads=threads)}
+    prompt = "Write a short story about a lighthouse keeper."
+    speeds = {k: [] for k in engines}
+    for e in engines.values():
+        list(e.generate(prompt, max_tokens=8, cache=e.new_cache()))
+    for r in range(rounds):
+        order = list(engines.items()) if r % 2 == 0 else list(engines.items())[::-1]
+        for name, e in order:
+            events = list(e.generate(prompt, params=SamplingParams(), max_tokens=new_tokens, ignore_eos=True,
+                                     cache=e.new_cache()))
+            speeds[name].append(events[-1].tokens_per_s)
+    return speeds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--packages", nargs="+", required=True)
+    ap.add_argument("--mask-prompts", type=int, default=5)
+    ap.add_argument("--validity", type=int, default=50, help="prompts for the JSON-validity rate (0: skip)")
+    ap.add_argument("--validity-packages", nargs="*", default=None, help="default: the first package only")
+    ap.add_argument("--ab-rounds", type=int, default=6, help="0: skip the A/B")
+    ap.add_argument("--ab-tokens", type=int, default=96)
+    ap.add_argument("--base", default="095f4b6", help="commit of the old path for the A/B")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    for package in args.packages:
+        engine = Engine(package, threads=args.threads)
+        name, vocab = Path(package).name, engine.manifest.dims.vocab_size
+        print(f"\n## {name} (vocab {vocab}, {engine.manifest.quant.mode})\n")
+        print("| grammar | compile ms |\n|---|---:|")
+        for k, v in compile_times(engine).items():
+            print(f"| {k} | {v:.2f} |")
+        print("\n| mask + parser step per token | median µs | p90 µs | mean µs | tokens |\n|---|---:|---:|---:|---:|")
+        for k, (med, p90, mean, n) in mask_cost(engine, args.mask_prompts).items():
+            print(f"| {k} | {med:.0f} | {p90:.0f} | {mean:.0f} | {n} |")
+        if args.validity and (args.validity_packages is None and package == args.packages[0]
+                              or package in (args.validity_packages or ())):
+            print(f"\n| {args.validity} prompts, greedy, max 128 tokens | valid JSON (schema) | cut at max_tokens | "
+                  f"tokens/s |\n|---|---:|---:|---:|")
+            for label, (ok, cut, total, tps) in validity(engine, args.validity).items():
+                print(f"| {label} | {ok}/{total} ({100 * ok / total:.0f}%) | {cut} | {tps:.1f} |")
+        if args.ab_rounds:
+            speeds = ab(package, args.base, args.ab_rounds, args.ab_tokens, args.threads)
+            print(f"\n| unconstrained decode, {args.ab_rounds} interleaved rounds x {args.ab_tokens} tokens | median "
+                  f"tokens/s | min-max |\n|---|---:|---:|")
+            for k, v in speeds.items():
+                print(f"| {k} | {statistics.median(v):.1f} | {min(v):.1f}-{max(v):.1f} |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
