@@ -275,8 +275,10 @@ class Engine:
                     text, finish = stops.flush(detok.flush()), "stop"
                 else:
                     text, hit = stops.feed(detok.add(token))
-                    if hit or (guide is not None and guide.complete_at == n):   # the grammar is complete
+                    if hit:
                         finish = "stop"
+                    elif guide is not None and guide.complete_at == n:     # the grammar takes no more
+                        text, finish = text + stops.flush(detok.flush()), "stop"
                     elif n >= max_tokens or (bounded and cache.length + 1 > limit):
                         text, finish = text + stops.flush(detok.flush()), "length"
                     elif cancel is not None and cancel.is_set():

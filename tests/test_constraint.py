@@ -114,6 +114,12 @@ def test_stop_string_still_ends_a_constrained_reply(engine):
     assert cut == full[:4] and events[-1].finish_reason == "stop"
 
 
+def test_a_complete_grammar_flushes_what_a_stop_string_held_back(engine):
+    """';' could begin the stop string ';x', so it is held; the grammar ends there, and so must the text."""
+    text, events = _run(engine, Constraint.regex(r"[a-z]{4};"), stop=[";x"])
+    assert re.fullmatch(r"[a-z]{4};", text) and events[-1].finish_reason == "stop", text
+
+
 @pytest.mark.parametrize("params", [SamplingParams(temperature=0.0), SamplingParams(temperature=1.0, seed=5)],
                          ids=["greedy", "sampled"])
 def test_prompt_lookup_under_a_constraint(tiny_package, params):
