@@ -136,7 +136,14 @@ class Guide:
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """`logits` with every token the grammar forbids next set to -inf: an array of the guide's own,
         valid until the next call (the input is not modified)."""
+        self.compute_bits()
+        return self.apply_bits(logits)
+
+    def compute_bits(self) -> None:
+        """llguidance's step: which tokens may come next, one bit each, into self.bits."""
         self.matcher.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
+
+    def apply_bits(self, logits: np.ndarray) -> np.ndarray:
         allowed = np.unpackbits(self.bits.view(np.uint8), count=len(logits), bitorder="little").view(bool)
         out = self.masked[:len(logits)]
         out.fill(-np.inf)

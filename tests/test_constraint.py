@@ -137,7 +137,7 @@ def test_prompt_lookup_under_a_constraint(tiny_package, params):
         assert runs[4] == runs[0]
 
 
-@pytest.mark.parametrize("policy,budget", [("streaming", 64), ("knorm", 64), ("h2o", 64), ("tova", 64)])
+@pytest.mark.parametrize("policy,budget", [("streaming", 64), ("knorm", 64), ("h2o", 64), ("tova", 64), ("snapkv", 64)])
 def test_constraint_holds_while_the_cache_evicts(tiny_package, policy, budget):
     engine = Engine(tiny_package, threads=1, kv_policy=policy, kv_budget=budget)
     schema = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99}, "minItems": 30,

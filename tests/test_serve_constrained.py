@@ -302,3 +302,49 @@ def test_metrics_count_requests_tokens_latency_and_evictions(tiny_package):
         assert m[("slm_queue_depth", ())] == 0 and m[("slm_slots_busy", ())] == 0
         assert m[("slm_kv_evicted_tokens_total", ())] > 0       # 30 tokens after the prompt overflow 48 slots
         assert ("slm_requests_total", (("endpoint", chat), ("status", "200"))) not in _scrape(other.url)
+
+
+# --- Qwen2.5-Coder's own tool format (when its package is on this machine) -------------------------
+QWEN = __import__("pathlib").Path.home() / ".cache/slm/packages/qwen2.5-coder-1.5b"
+needs_qwen = pytest.mark.skipif(not (QWEN / "manifest.json").is_file(), reason="no Qwen2.5-Coder package here")
+
+
+@needs_qwen
+def test_qwen_template_renders_the_calls_the_grammar_writes():
+    """The call text our grammar makes is exactly what Qwen's template writes for an earlier call."""
+    from runtime.chat_template import compile_template
+    from runtime.serve.schemas import ChatCompletionRequest
+    from runtime.serve.tools import ToolPlan
+    from slm.package import read_manifest
+    m = read_manifest(QWEN)
+    body = ChatCompletionRequest.model_validate({"messages": ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21"}], "tools": [WEATHER]})
+    plan = ToolPlan.of(body, m.chat_template)
+    assert plan.template_tools == [WEATHER]
+    prompt = compile_template(m.chat_template).render(plan.messages, bos_token=m.bos_token, eos_token=m.eos_token,
+                                                      extra={"tools": plan.template_tools})
+    assert "# Tools" in prompt and json.dumps(WEATHER) in prompt
+    assert ('<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", '
+            '"unit": "celsius"}}\n</tool_call><|im_end|>') in prompt
+    assert "<|im_start|>user\n<tool_response>\n21\n</tool_response><|im_end|>" in prompt
+
+
+@needs_qwen
+def test_qwen_tool_round_trip():
+    engine = Engine(QWEN, kv_budget=1024)
+    with BackgroundServer(create_app(engine, model_id="qwen", max_concurrent=1)) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=600,
+                               http_client=httpx.Client(trust_env=False))
+        first = client.chat.completions.create(model="qwen", messages=ASK, tools=[WEATHER], tool_choice="required",
+                                               temperature=0, max_tokens=60)
+        [call] = first.choices[0].message.tool_calls
+        assert call.function.name == "get_weather" and first.choices[0].finish_reason == "tool_calls"
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+        messages = ASK + [first.choices[0].message.model_dump(exclude_none=True),
+                          {"role": "tool", "tool_call_id": call.id, "content": '{"temperature_c": 21}'}]
+        second = client.chat.completions.create(model="qwen", messages=messages, tools=[WEATHER], temperature=0,
+                                                max_tokens=40)
+        assert second.choices[0].finish_reason in ("stop", "length", "tool_calls")
+        assert second.choices[0].message.content or second.choices[0].message.tool_calls
