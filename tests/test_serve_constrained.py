@@ -113,6 +113,23 @@ def test_two_turn_tool_round_trip(client):
     assert second.usage.prompt_tokens > first.usage.prompt_tokens      # the call and its result were read
 
 
+class Place(BaseModel):
+    city: Literal["Paris", "Oslo", "Lima"]
+
+
+class Trip(BaseModel):
+    start: Place            # a nested model: the parameters schema refers to #/$defs/Place
+    end: Place
+
+
+def test_parse_with_a_pydantic_tool_gives_parsed_arguments(client):
+    reply = client.chat.completions.parse(model=MODEL, messages=ASK, tools=[openai.pydantic_function_tool(Trip)],
+                                          tool_choice="required", parallel_tool_calls=False,
+                                          temperature=1.0, seed=2, max_tokens=80)
+    [call] = reply.choices[0].message.tool_calls
+    assert call.function.name == "Trip" and isinstance(call.function.parsed_arguments, Trip)
+
+
 def test_named_tool_choice_calls_that_function_once(client):
     reply = client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER, TIME], temperature=1.0, seed=4,
                                            tool_choice={"type": "function", "function": {"name": "get_time"}},

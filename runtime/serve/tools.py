@@ -131,7 +131,8 @@ def _calls_grammar(tools: list[dict], *, parallel: bool, text: bool, reply: dict
 def _with_options(schema: dict | bool) -> dict | bool:
     if isinstance(schema, bool):
         return schema
-    return {**schema, "x-guidance": {**JSON_OPTIONS, **schema.get("x-guidance", {})}}
+    own = schema.get("x-guidance", {})
+    return {**schema, "x-guidance": {**JSON_OPTIONS, **own} if isinstance(own, dict) else own}
 
 
 def _call_schema(function: dict, at: str) -> dict:
