@@ -37,13 +37,20 @@ from runtime.constraint import Constraint, Grammars, Guide  # noqa: E402
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city", "hobbies"],
           "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"},
                          "hobbies": {"type": "array", "items": {"type": "string"}, "maxItems": 4}}}
-TOOL_CALL = ('start: "<tool_call>\\n" body "\\n</tool_call>"\nbody: %json {"type": "object", "required": '
-             '["name", "arguments"], "properties": {"name": {"const": "get_weather"}, "arguments": {"type": "object",'
-             ' "properties": {"city": {"type": "string"}}, "required": ["city"]}}}\n')
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 GRAMMARS = {"regex date": Constraint.regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
             "json person": Constraint.json_schema(PERSON),
-            "json object": Constraint.json_schema({"type": "object"}),
-            "lark tool call": Constraint.lark(TOOL_CALL)}
+            "json object": Constraint.json_schema({"type": "object"})}
+
+
+def tool_call_grammar(engine: Engine) -> Constraint:
+    """What the server asks for with tools=[get_weather], tool_choice="required" (Lark, tags as the tokenizer has them)."""
+    from runtime.serve.schemas import ChatCompletionRequest
+    from runtime.serve.tools import ToolPlan, tag_grammar
+    body = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}], "tools": [WEATHER],
+                                                 "tool_choice": "required"})
+    return ToolPlan.of(body, engine.manifest.chat_template, tag_grammar(engine.tokenizer)).constraint
 PEOPLE = ["a retired teacher", "a young chef", "a jazz drummer", "a marine biologist", "a taxi driver", "a poet",
           "a software tester", "a beekeeper", "a ballet dancer", "a firefighter"]
 CITIES = ["Lyon", "Osaka", "Lima", "Accra", "Quebec"]
@@ -188,6 +195,7 @@ def main() -> None:
     args = ap.parse_args()
     for package in args.packages:
         engine = Engine(package, threads=args.threads)
+        GRAMMARS["lark tool call"] = tool_call_grammar(engine)
         name, vocab = Path(package).name, engine.manifest.dims.vocab_size
         print(f"\n## {name} (vocab {vocab}, {engine.manifest.quant.mode})\n")
         print("| grammar | compile ms |\n|---|---:|")

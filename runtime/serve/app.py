@@ -35,7 +35,7 @@ from runtime.serve.formats import ChatFormat, CompletionFormat, sse
 from runtime.serve.metrics import CONTENT_TYPE, Metrics
 from runtime.serve.schemas import ChatCompletionRequest, CompletionRequest
 from runtime.serve.slots import QueueFullError, SlotPool
-from runtime.serve.tools import ReplyReader, ToolPlan
+from runtime.serve.tools import ReplyReader, ToolPlan, tag_grammar
 from runtime.serve.worker import Generation, GenerationJob
 from slm.errors import PromptTooLongError, SlmError
 
@@ -159,7 +159,7 @@ async def chat_completions(request: Request) -> Response:
     state = _state(request)
     body = _parse(ChatCompletionRequest, await read_json(request))
     _check_request(state, body)
-    plan = ToolPlan.of(body, state.engine.manifest.chat_template)
+    plan = ToolPlan.of(body, state.engine.manifest.chat_template, tag_grammar(state.engine.tokenizer))
     if plan.constraint is not None:
         await _check_constraint(state, plan, body)
     job = GenerationJob(prompt=plan.messages, raw=False, params=_sampling(body), stop=body.stops(),

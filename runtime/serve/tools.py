@@ -16,7 +16,8 @@ conversation as it expects it (`tool_calls` on assistant turns, `tool` messages)
 does not (SmolLM2's) gets the same instructions Qwen's template writes, as a system message, earlier
 calls as that text, and tool results as a user turn in `<tool_response>` tags: the documented JSON
 convention of docs/SERVE.md. Either way the grammar makes the call valid JSON naming a given
-function with arguments valid under its `parameters` schema.
+function with arguments valid under its `parameters` schema. Where the tags are tokens of their own
+(Qwen's 151657 and 151658) the grammar asks for those tokens, as the model writes them.
 """
 from __future__ import annotations
 
@@ -37,6 +38,13 @@ ANY_JSON_OBJECT = {"type": "object"}
 NOT_A_CALL = r"TEXT: /(?s:.*)/ & ~/(?s:<tool_call>.*)/"      # any text that does not open a call
 
 
+def tag_grammar(tokenizer) -> tuple[str, str]:
+    """The Lark for the opening and closing tags: the tokenizer's own token where the tag is one
+    (llguidance reads every added token as special, so only `<[id]>` matches it), else the text."""
+    added = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items()}
+    return tuple(f"<[{added[tag]}]>" if tag in added else json.dumps(tag) for tag in ("<tool_call>", "</tool_call>"))
+
+
 def renders_tools(template_source: str | None) -> bool:
     """Whether a chat template writes the `tools` variable itself (Qwen2.5's does, SmolLM2's does not)."""
     return bool(template_source) and "tools" in template_source
@@ -52,7 +60,9 @@ class ToolPlan:
     constraint_param: str | None             # the request field the constraint came from (for a 400)
 
     @classmethod
-    def of(cls, body: ChatCompletionRequest, template_source: str | None) -> ToolPlan:
+    def of(cls, body: ChatCompletionRequest, template_source: str | None,
+           tags: tuple[str, str] = ('"<tool_call>"', '"</tool_call>"')) -> ToolPlan:
+        """`tags`: tag_grammar(the package's tokenizer)."""
         native = renders_tools(template_source)
         tools = [t.model_dump(exclude_none=True) for t in body.tools or ()]
         choice = body.tool_choice or ("auto" if tools else "none")
@@ -67,7 +77,7 @@ class ToolPlan:
                        "response_format" if reply is not None else None)
         offered = [t for t in tools if not isinstance(choice, NamedToolChoice) or t["function"]["name"] == choice.function.name]
         grammar = _calls_grammar(offered, parallel=body.parallel_tool_calls and not isinstance(choice, NamedToolChoice),
-                                 text=choice == "auto", reply=reply)
+                                 text=choice == "auto", reply=reply, tags=tags)
         return cls(messages, tools if native else None, Constraint.lark(grammar), True, "tools")
 
 
@@ -112,14 +122,15 @@ def _with_tools_prompt(messages: list[dict], tools: list[dict]) -> list[dict]:
     return [{"role": "system", "content": prompt}] + messages
 
 
-def _calls_grammar(tools: list[dict], *, parallel: bool, text: bool, reply: dict | bool | None) -> str:
+def _calls_grammar(tools: list[dict], *, parallel: bool, text: bool, reply: dict | bool | None,
+                   tags: tuple[str, str]) -> str:
     """Lark for the reply: one call (or several, one per line), or, with tool_choice auto, free text
     (or the response_format's JSON) instead."""
     bodies = [_call_schema(t["function"], f"#/anyOf/{i}" if len(tools) > 1 else "#") for i, t in enumerate(tools)]
     call_schema = {"anyOf": bodies, "x-guidance": JSON_OPTIONS} if len(bodies) > 1 else {**bodies[0], "x-guidance": JSON_OPTIONS}
     lines = ["start: " + ("reply | calls" if text else "calls"),
-             "calls: call" + (' ("\\n" call)*' if parallel else ""),
-             f"call: {json.dumps(OPEN)} body {json.dumps(CLOSE)}",
+             "calls: call" + (' ("\\n" call)*' if parallel else "") + ' "\\n"?',    # Qwen ends a call with a newline
+             f'call: {tags[0]} "\\n" body "\\n" {tags[1]}',
              f"body: %json {json.dumps(call_schema)}"]
     if text and reply is not None:
         lines.append(f"reply: %json {json.dumps(_with_options(reply))}")
