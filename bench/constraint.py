@@ -216,6 +216,10 @@ def main() -> None:
                   f"tokens/s | min-max |\n|---|---:|---:|")
             for k, v in speeds.items():
                 print(f"| {k} | {statistics.median(v):.1f} | {min(v):.1f}-{max(v):.1f} |")
+            old, new = speeds.values()
+            ratios = sorted(b / a for a, b in zip(old, new))
+            print(f"\nnew/old, paired by round: median {statistics.median(ratios):.3f}, "
+                  f"min-max {ratios[0]:.3f}-{ratios[-1]:.3f}")
         sys.stdout.flush()
 
 
