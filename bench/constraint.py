@@ -190,7 +190,7 @@ def main() -> None:
     ap.add_argument("--validity-packages", nargs="*", default=None, help="default: the first package only")
     ap.add_argument("--ab-rounds", type=int, default=6, help="0: skip the A/B")
     ap.add_argument("--ab-tokens", type=int, default=96)
-    ap.add_argument("--base", default="095f4b6", help="commit of the old path for the A/B")
+    ap.add_argument("--base", default="17f4f2d", help="commit of the old path for the A/B (this branch's base)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     for package in args.packages:
