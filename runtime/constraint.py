@@ -150,6 +150,16 @@ class Guide:
         np.copyto(out, logits, where=allowed)
         return out
 
+    def allows(self, token: int) -> bool:
+        """Whether the parser takes `token` now. The mask can be wider: llguidance reads every added
+        token as special, yet may allow one whose text the grammar forces (seen with Qwen's
+        <tool_call>); consuming it would put the matcher in its error state for good."""
+        return self.matcher.validate_tokens([token]) == 1
+
+    def refused(self, token: int) -> ConstraintError:
+        return ConstraintError(f"the grammar forces the text of token {token}, an added token that llguidance "
+                               f"only matches as a token: in a Lark grammar write it as <[{token}]>")
+
     def consume(self, token: int) -> None:
         if not self.matcher.consume_token(token):
             raise RuntimeError(f"the grammar refused token {token}, which its own mask allowed: "

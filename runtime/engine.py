@@ -328,6 +328,11 @@ class Engine:
             logits = guide.mask(logits)
         token = sample(logits, params, rng, seen) if draft is None else accept_or_resample(logits, params, rng, seen, draft)
         if guide is not None:
+            while not guide.allows(token):      # masked in, refused by the parser: draw again without it
+                logits[token] = -np.inf
+                if not np.isfinite(logits).any():
+                    raise guide.refused(token)
+                token = sample(logits, params, rng, seen)
             guide.consume(token)
         return token
 

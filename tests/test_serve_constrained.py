@@ -95,6 +95,13 @@ def test_json_object_mode_gives_an_object_or_says_length(client):
 
 
 # --- tools -----------------------------------------------------------------------------------------
+def test_tool_choice_auto_without_tools_is_plain_chat(client):
+    reply = client.chat.completions.create(model=MODEL, messages=ASK, tool_choice="auto", tools=[], temperature=0,
+                                           max_tokens=8)
+    plain = client.chat.completions.create(model=MODEL, messages=ASK, temperature=0, max_tokens=8)
+    assert reply.choices[0].message.content == plain.choices[0].message.content
+
+
 def test_two_turn_tool_round_trip(client):
     first = client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER, TIME], tool_choice="required",
                                            temperature=0, max_tokens=120)
@@ -260,10 +267,11 @@ schemas = st.recursive(
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
                                                                                 HealthCheck.function_scoped_fixture])
-@given(schema=schemas, as_tool=st.booleans(), stream=st.booleans())
-def test_fuzzed_schemas_never_crash_the_server(server, schema, as_tool, stream):
+@given(schema=schemas, as_tool=st.booleans(), stream=st.booleans(),
+       choice=st.sampled_from(["auto", "none", "required", {"type": "function", "function": {"name": "f"}}]))
+def test_fuzzed_schemas_never_crash_the_server(server, schema, as_tool, stream, choice):
     extra = ({"tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}],
-              "tool_choice": "required"} if as_tool else {"response_format": _fmt(schema)})
+              "tool_choice": choice} if as_tool else {"response_format": _fmt(schema)})
     body = {"model": MODEL, "messages": ASK, "max_tokens": 8, "temperature": 1.0, "seed": 0, "stream": stream, **extra}
     r = httpx.post(f"{server.url}/v1/chat/completions", json=body, trust_env=False, timeout=60)
     assert r.status_code in (200, 400), r.text

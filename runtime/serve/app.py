@@ -160,7 +160,7 @@ async def chat_completions(request: Request) -> Response:
     body = _parse(ChatCompletionRequest, await read_json(request))
     _check_request(state, body)
     plan = ToolPlan.of(body, state.engine.manifest.chat_template, tag_grammar(state.engine.tokenizer))
-    if plan.constraint is not None:
+    if plan.constraint is not None or body.tools:
         await _check_constraint(state, plan, body)
     job = GenerationJob(prompt=plan.messages, raw=False, params=_sampling(body), stop=body.stops(),
                         max_tokens=_max_tokens(state, body.token_limit(), default=state.context_tokens),
@@ -259,25 +259,25 @@ def _check_request(state: ServeState, body: ChatCompletionRequest | CompletionRe
 
 
 async def _check_constraint(state: ServeState, plan: ToolPlan, body: ChatCompletionRequest) -> None:
-    """Compile the request's grammar off the event loop; a 400 names the field and what is wrong."""
+    """Compile each tool's parameters and the request's grammar off the event loop; a 400 names the
+    field and what is wrong (every tool is checked, whatever tool_choice says)."""
     grammars = await asyncio.to_thread(state.engine.grammars)
-    try:
-        await asyncio.to_thread(grammars.check, plan.constraint)
-    except ConstraintError as e:
-        param, message = plan.constraint_param, str(e)
-        if param == "response_format":
-            param = "response_format.json_schema.schema" if body.response_format.type == "json_schema" else param
-        else:       # name the tool whose parameters fail on their own (else the reply's schema)
-            for i, tool in enumerate(body.tools or ()):
-                try:
-                    grammars.check(Constraint.json_schema(tool.function.parameters or {"type": "object"}))
-                except ConstraintError as bad:
-                    param, message = f"tools.{i}.function.parameters", str(bad)
-                    break
-            else:
-                if body.response_format is not None and body.response_format.type != "text":
-                    param = "response_format"
-        raise ApiError(status=400, param=param, message=message) from None
+
+    def check() -> None:
+        for i, tool in enumerate(body.tools or ()):
+            try:
+                grammars.check(Constraint.json_schema(tool.function.parameters or {"type": "object"}))
+            except ConstraintError as e:
+                raise ApiError(status=400, param=f"tools.{i}.function.parameters", message=str(e)) from None
+        if plan.constraint is not None:
+            try:
+                grammars.check(plan.constraint)
+            except ConstraintError as e:
+                rf = body.response_format
+                param = "tools" if rf is None or rf.type == "text" else \
+                    "response_format.json_schema.schema" if rf.type == "json_schema" else "response_format"
+                raise ApiError(status=400, param=param, message=str(e)) from None
+    await asyncio.to_thread(check)
 
 
 def _max_tokens(state: ServeState, requested: int | None, *, default: int) -> int:

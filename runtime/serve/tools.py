@@ -57,7 +57,6 @@ class ToolPlan:
     template_tools: list[dict] | None       # for the template's `tools` variable
     constraint: Constraint | None
     calls: bool                              # the reply may hold tool calls
-    constraint_param: str | None             # the request field the constraint came from (for a 400)
 
     @classmethod
     def of(cls, body: ChatCompletionRequest, template_source: str | None,
@@ -65,7 +64,7 @@ class ToolPlan:
         """`tags`: tag_grammar(the package's tokenizer)."""
         native = renders_tools(template_source)
         tools = [t.model_dump(exclude_none=True) for t in body.tools or ()]
-        choice = body.tool_choice or ("auto" if tools else "none")
+        choice = (body.tool_choice or "auto") if tools else "none"
         messages = [_message(m, native) for m in body.messages]
         if tools and not native:
             messages = _with_tools_prompt(messages, tools)
@@ -73,12 +72,11 @@ class ToolPlan:
         if choice == "none":    # the tools stay in the prompt (as OpenAI keeps them); the reply may not call
             constraint = Constraint.json_schema(reply) if reply is not None else \
                 Constraint.lark("start: TEXT\n" + NOT_A_CALL) if tools else None
-            return cls(messages, tools if native and tools else None, constraint, False,
-                       "response_format" if reply is not None else None)
+            return cls(messages, tools if native and tools else None, constraint, False)
         offered = [t for t in tools if not isinstance(choice, NamedToolChoice) or t["function"]["name"] == choice.function.name]
         grammar = _calls_grammar(offered, parallel=body.parallel_tool_calls and not isinstance(choice, NamedToolChoice),
                                  text=choice == "auto", reply=reply, tags=tags)
-        return cls(messages, tools if native else None, Constraint.lark(grammar), True, "tools")
+        return cls(messages, tools if native else None, Constraint.lark(grammar), True)
 
 
 def _reply_schema(body: ChatCompletionRequest) -> dict | bool | None:
