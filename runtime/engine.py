@@ -19,6 +19,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from runtime.chat_template import compile_template
+from runtime.constraint import Constraint, Grammars, Guide
 from runtime.detokenizer import StreamingDetokenizer
 from runtime.events import GenerationEvent, KVStats
 from runtime.eviction import make_policy
@@ -113,16 +114,20 @@ class Engine:
         self.eos_ids = frozenset(m.eos_token_ids)
         self.cache = self.new_cache()
         self._lock = threading.Lock()
+        self._grammars: Grammars | None = None     # built on the first constrained request
+        self._grammars_lock = threading.Lock()
 
     # --- text in ---------------------------------------------------------------------------------
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools: list[dict] | None = None) -> str:
+        """`tools` (OpenAI function specs) go to the template as its `tools` variable."""
         if self.template is None:
             raise SlmError(f"package {str(self.path)!r} has no chat template; use raw prompts (--raw)")
         m = self.manifest
         return self.template.render(messages, bos_token=m.bos_token, eos_token=m.eos_token,
-                                    add_generation_prompt=add_generation_prompt)
+                                    add_generation_prompt=add_generation_prompt, extra={"tools": tools or None})
 
-    def encode(self, prompt: str | list[dict], raw: bool = False) -> list[int]:
+    def encode(self, prompt: str | list[dict], raw: bool = False, tools: list[dict] | None = None) -> list[int]:
         """Chat messages (or a string, as one user message) through the chat template; raw text as is."""
         if raw:
             if not isinstance(prompt, str):
@@ -131,7 +136,16 @@ class Engine:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         if self.template is None:   # a base model without a template: the user text as is
             return self.tokenizer.encode("\n".join(x["content"] for x in messages), add_special_tokens=True).ids
-        return self.tokenizer.encode(self.render_chat(messages), add_special_tokens=False).ids
+        return self.tokenizer.encode(self.render_chat(messages, tools=tools), add_special_tokens=False).ids
+
+    def grammars(self) -> Grammars:
+        """The constraint compiler for this package's tokenizer (built once, on first use)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                text = (self.path / self.manifest.tokenizer_file).read_text(encoding="utf-8")
+                self._grammars = Grammars(text, vocab_size=self.manifest.dims.vocab_size,
+                                          eos_ids=sorted(self.eos_ids))
+            return self._grammars
 
     # --- the two model calls -----------------------------------------------------------------------
     def new_cache(self, capacity: int | None = None) -> KVCache:
@@ -228,25 +242,30 @@ class Engine:
     def generate(self, prompt: str | list[dict], *, params: SamplingParams = SamplingParams(),
                  max_tokens: int = 256, stop: tuple[str, ...] | list[str] = (), raw: bool = False,
                  cancel: threading.Event | None = None, cache: KVCache | None = None,
-                 ignore_eos: bool = False) -> Iterator[GenerationEvent]:
+                 ignore_eos: bool = False, constraint: Constraint | None = None,
+                 tools: list[dict] | None = None) -> Iterator[GenerationEvent]:
         """Yield one event per generated token; the last one carries `finish_reason`.
 
         With the engine's own cache, a prompt that extends the previous conversation prefills only
         the new tokens. Pass `cache=engine.new_cache()` for an independent conversation.
-        `ignore_eos` keeps going past end-of-sequence tokens (benchmarks).
+        `ignore_eos` keeps going past end-of-sequence tokens (benchmarks). `constraint` (a JSON
+        Schema, regex or Lark grammar: runtime.constraint) masks every step, so the reply is in
+        its language; it ends ("stop") once the grammar is complete, or is cut at max_tokens
+        ("length") or a stop string. `tools` are rendered by the chat template.
         """
         t0 = time.perf_counter()
         if max_tokens < 1:
             raise SlmError(f"max_tokens={max_tokens} must be at least 1")
-        ids = self.encode(prompt, raw)
+        guide = self.grammars().guide(constraint) if constraint is not None else None
+        ids = self.encode(prompt, raw, tools)
         if not ids:
             raise SlmError("the prompt is empty after tokenisation")
         cache = cache or self.cache
         with self._lock if cache is self.cache else _nolock():
             yield from self._generate(prompt, ids, params, max_tokens, tuple(stop), cancel, cache, t0,
-                                      frozenset() if ignore_eos else self.eos_ids)
+                                      frozenset() if ignore_eos else self.eos_ids, guide, tools)
 
-    def _generate(self, prompt, ids, params, max_tokens, stop, cancel, cache, t0, eos_ids):
+    def _generate(self, prompt, ids, params, max_tokens, stop, cancel, cache, t0, eos_ids, guide, tools):
         bounded = self.policy is None          # no eviction: the budget and the context are hard limits
         limit = min(cache.capacity, self.manifest.dims.max_positions)
         if bounded and len(ids) >= limit:
@@ -255,7 +274,7 @@ class Engine:
                                      f"KV budget {cache.capacity} tokens, policy none)")
         self._reuse_or_reset(cache, ids)
         fed = len(cache.history)
-        eviction = self.eviction_for(cache, self._protected(prompt, ids, cache.next_position - fed))
+        eviction = self.eviction_for(cache, self._protected(prompt, ids, cache.next_position - fed, tools))
         logits = self.prefill(cache, ids[fed:], eviction, cancel)
         if logits is None:          # cancelled during a long prefill
             yield GenerationEvent(text="", token=None, finish_reason="cancelled", prompt_tokens=len(ids),
@@ -267,7 +286,7 @@ class Engine:
         penalty = params.repetition_penalty != 1.0
         detok, stops = StreamingDetokenizer(self.tokenizer), StopMatcher(stop)
         ttft, t_first, n, finish = 0.0, 0.0, 0, None
-        chosen = [sample(logits, params, rng, tokens[:len(ids)] if penalty else None)]
+        chosen = [self._choose(logits, params, rng, tokens[:len(ids)] if penalty else None, guide)]
         draft_len = self.lookup.max_draft if self.lookup else 0
         while True:
             for token in chosen:     # one token, or with prompt lookup several: each is its own event
@@ -282,6 +301,8 @@ class Engine:
                     text, hit = stops.feed(detok.add(token))
                     if hit:
                         finish = "stop"
+                    elif guide is not None and guide.complete_at == n:     # the grammar takes no more
+                        text, finish = text + stops.flush(detok.flush()), "stop"
                     elif n >= max_tokens or (bounded and cache.length + 1 > limit):
                         text, finish = text + stops.flush(detok.flush()), "length"
                     elif cancel is not None and cancel.is_set():
@@ -293,25 +314,28 @@ class Engine:
                 tokens[len(ids) + n - 1] = token
             room = limit - cache.length - 2 if bounded else cache.capacity // 4 - 1
             chosen, drafted = self._advance(cache, tokens[:len(ids) + n], eviction, params, rng, penalty,
-                                            min(room, draft_len))
+                                            min(room, draft_len), guide)
             if drafted:   # Hugging Face's assisted-generation schedule: +2 after a full hit, -1 after a miss
                 draft_len = min(draft_len + 2, self.lookup.max_draft) if len(chosen) > drafted else max(1, draft_len - 1)
 
     def _advance(self, cache: KVCache, tokens: np.ndarray, eviction: EvictionConfig, params: SamplingParams,
-                 rng: np.random.Generator, penalty: bool, room: int) -> tuple[list[int], int]:
+                 rng: np.random.Generator, penalty: bool, room: int, guide: Guide | None) -> tuple[list[int], int]:
         """Feed the last chosen token (tokens[-1]) and choose what follows: one token, or with prompt
         lookup the drafted tokens the model agrees with plus the one after them. At most `room`
-        drafted tokens, so every chosen token but the last is in the cache. Returns (chosen, drafted)."""
+        drafted tokens, so every chosen token but the last is in the cache; a constraint drafts
+        only what its grammar takes. Returns (chosen, drafted)."""
         draft = self.lookup.draft(tokens)[:max(0, room)] if self.lookup else []
+        if guide is not None:
+            draft = draft[:guide.valid_prefix(draft)]
         if not draft:
-            return [sample(self.decode_step(cache, int(tokens[-1]), eviction), params, rng, tokens if penalty else None)], 0
+            return [self._choose(self.decode_step(cache, int(tokens[-1]), eviction), params, rng,
+                                 tokens if penalty else None, guide)], 0
         rows = self.verify(cache, [int(tokens[-1])] + draft, eviction)
         seen = np.concatenate([tokens, draft]) if penalty else None
         chosen = []
         for i, row in enumerate(rows):       # row i: what follows the draft's first i tokens
             context = seen[:len(tokens) + i] if penalty else None
-            token = accept_or_resample(row, params, rng, context, draft[i]) if i < len(draft) else \
-                sample(row, params, rng, context)
+            token = self._choose(row, params, rng, context, guide, draft[i] if i < len(draft) else None)
             chosen.append(token)
             if i == len(draft) or token != draft[i]:
                 break
@@ -321,6 +345,22 @@ class Engine:
         return chosen, len(draft)
 
     @staticmethod
+    def _choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator, seen: np.ndarray | None,
+                guide: Guide | None, draft: int | None = None) -> int:
+        """Sample the next token (keeping or replacing a drafted one), from what the grammar allows."""
+        if guide is not None:
+            logits = guide.mask(logits)
+        token = sample(logits, params, rng, seen) if draft is None else accept_or_resample(logits, params, rng, seen, draft)
+        if guide is not None:
+            while not guide.allows(token):      # masked in, refused by the parser: draw again without it
+                logits[token] = -np.inf
+                if not np.isfinite(logits).any():
+                    raise guide.refused(token)
+                token = sample(logits, params, rng, seen)
+            guide.consume(token)
+        return token
+
+    @staticmethod
     def _reuse_or_reset(cache: KVCache, ids: list[int]) -> None:
         """Keep what the cache holds of the conversation `ids` continues, rewinding a changed tail
         (e.g. a reply re-tokenised differently); start over when eviction makes that inexact."""
@@ -328,12 +368,12 @@ class Engine:
         if not cache.rewind(common):
             cache.reset()
 
-    def _protected(self, prompt, ids: list[int], shift: int) -> tuple[tuple[int, int], ...]:
+    def _protected(self, prompt, ids: list[int], shift: int, tools=None) -> tuple[tuple[int, int], ...]:
         """Positions of the system prompt and the current user turn, never evicted (chat only)."""
         if not self.protect_chat or isinstance(prompt, str) or self.template is None:
             return ()
         ranges = []
-        encode = lambda msgs: len(self.tokenizer.encode(self.render_chat(msgs, add_generation_prompt=False),
+        encode = lambda msgs: len(self.tokenizer.encode(self.render_chat(msgs, add_generation_prompt=False, tools=tools),
                                                         add_special_tokens=False).ids)
         if prompt[0]["role"] == "system":
             ranges.append((0, encode(prompt[:1])))

@@ -109,12 +109,34 @@ def cmd_export(args) -> None:
     print(args.out)
 
 
+def _constraint(args):
+    """--json-schema FILE | --regex R | --grammar FILE (Lark) -> a Constraint, or None."""
+    from pathlib import Path
+
+    from runtime.constraint import Constraint
+    if args.regex is not None:
+        return Constraint.regex(args.regex)
+    for flag, path, make in (("--json-schema", args.json_schema, Constraint.json_schema),
+                             ("--grammar", args.grammar, Constraint.lark)):
+        if path is not None:
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise SlmError(f"{flag} {path!r} cannot be read ({getattr(e, 'strerror', None) or e}); "
+                               f"give a UTF-8 text file") from None
+            return make(text)
+    return None
+
+
 def cmd_generate(args) -> None:
+    constraint = _constraint(args)
     engine = open_engine(args)
     params = _sampling(args)
+    if constraint is not None:
+        engine.grammars().check(constraint)         # a bad schema is an error before any output
     last = None
     for event in engine.generate(args.prompt, params=params, max_tokens=args.max_tokens, stop=tuple(args.stop),
-                                 raw=args.raw):
+                                 raw=args.raw, constraint=constraint):
         sys.stdout.write(event.text)
         sys.stdout.flush()
         last = event
@@ -221,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--raw", action="store_true", help="skip the chat template")
     p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--json-schema", default=None, metavar="FILE",
+                       help="constrain the reply to JSON valid under this JSON Schema")
+    shape.add_argument("--regex", default=None, metavar="R", help="constrain the reply to match this regex whole")
+    shape.add_argument("--grammar", default=None, metavar="FILE",
+                       help="constrain the reply to this Lark grammar (llguidance's dialect)")
     _add_model(p)
     _add_sampling(p)
     p.set_defaults(func=cmd_generate)

@@ -85,7 +85,8 @@ WRONG_FIELDS = [
     pytest.param({**OK_CHAT, "stream": "yes"}, "valid boolean", "stream", id="stream-a-string"),
     pytest.param({**OK_CHAT, "stop": [""]}, "at least 1 character", "stop.0", id="empty-stop"),
     pytest.param({**OK_CHAT, "n": 2}, "n=2 is not supported", "n", id="n=2"),
-    pytest.param({**OK_CHAT, "tools": [{"type": "function"}]}, "tools", "tools", id="tools"),
+    pytest.param({**OK_CHAT, "tools": [{"type": "function"}]}, "tools.0.function is required", "tools.0.function",
+                 id="tool-without-function"),
 ]
 
 

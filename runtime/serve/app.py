@@ -1,10 +1,11 @@
 """The HTTP API: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus /health.
 
     POST body ─► read_json (size, UTF-8, JSON) ─► pydantic request ─► checks (model, max_tokens, ...)
-      ─► GenerationJob ─► SlotPool.acquire (429 when the line is full) ─► Generation on a worker
+      ─► tools / response_format as a grammar (tools.py; a bad schema is a 400 here) ─► GenerationJob ─► SlotPool.acquire (429 when the line is full) ─► Generation on a worker
       ─► first events (a bad prompt is a 400 here, before any byte is sent) ─► JSON or SSE stream
 
-Every error is OpenAI's JSON error shape (errors.py). Running the app is server.py's job.
+Every error is OpenAI's JSON error shape (errors.py). GET /metrics is Prometheus' text format
+(metrics.py). Running the app is server.py's job.
 """
 from __future__ import annotations
 
@@ -25,13 +26,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
+from runtime.constraint import Constraint, ConstraintError
 from runtime.engine import Engine
 from runtime.events import GenerationEvent
 from runtime.sampling import SamplingParams
 from runtime.serve.errors import ApiError, error_body, install_handlers, validation_error
 from runtime.serve.formats import ChatFormat, CompletionFormat, sse
+from runtime.serve.metrics import CONTENT_TYPE, Metrics
 from runtime.serve.schemas import ChatCompletionRequest, CompletionRequest
 from runtime.serve.slots import QueueFullError, SlotPool
+from runtime.serve.tools import ReplyReader, ToolPlan, tag_grammar
 from runtime.serve.worker import Generation, GenerationJob
 from slm.errors import PromptTooLongError, SlmError
 
@@ -50,6 +54,7 @@ class ServeState:
     max_concurrent: int
     context_tokens: int             # prompt + completion tokens one request may use
     created: int = field(default_factory=lambda: int(time.time()))
+    metrics: Metrics | None = None
     executor: ThreadPoolExecutor | None = None
     active: set[threading.Event] = field(default_factory=set)   # cancel events of running requests
 
@@ -81,6 +86,8 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
                        pool=SlotPool([engine.new_cache() for _ in range(max_concurrent)], max_queue=max_queue),
                        context_tokens=min(engine.capacity, engine.manifest.dims.max_positions
                                                   * getattr(engine, "patch_size", 1)))   # a byte engine's table counts patches
+    state.metrics = Metrics(queue_depth=lambda: state.pool.waiting,
+                            slots_busy=lambda: state.pool.total - state.pool.idle)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -92,6 +99,8 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
                   lifespan=lifespan)
     app.state.slm = state
     install_handlers(app)
+
+    app.add_middleware(_CountRequests, metrics=state.metrics)
     app.include_router(router)
     app.openapi = lambda: _openapi(app)
     return app
@@ -129,6 +138,11 @@ async def health(request: Request) -> dict:
             "slots": {"total": state.pool.total, "idle": state.pool.idle}, "waiting": state.pool.waiting}
 
 
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
 @router.get("/v1/models", dependencies=_auth)
 async def list_models(request: Request) -> dict:
     return {"object": "list", "data": [_model_card(_state(request))]}
@@ -146,11 +160,15 @@ async def chat_completions(request: Request) -> Response:
     state = _state(request)
     body = _parse(ChatCompletionRequest, await read_json(request))
     _check_request(state, body)
-    job = GenerationJob(prompt=[m.as_template_message() for m in body.messages], raw=False,
-                        params=_sampling(body), stop=body.stops(),
-                        max_tokens=_max_tokens(state, body.token_limit(), default=state.context_tokens))
+    plan = ToolPlan.of(body, state.engine.manifest.chat_template, tag_grammar(state.engine.tokenizer))
+    if plan.constraint is not None or body.tools:
+        await _check_constraint(state, plan, body)
+    job = GenerationJob(prompt=plan.messages, raw=False, params=_sampling(body), stop=body.stops(),
+                        max_tokens=_max_tokens(state, body.token_limit(), default=state.context_tokens),
+                        constraint=plan.constraint, tools=plan.template_tools)
     return await _respond(request, state, job=job, fmt=ChatFormat(model=state.model_id), stream=body.stream,
-                          include_usage=body.include_usage(), prompt_param="messages")
+                          include_usage=body.include_usage(), prompt_param="messages",
+                          reader=ReplyReader(calls=plan.calls))
 
 
 @router.post("/v1/completions", dependencies=_auth, openapi_extra=_body_doc(CompletionRequest))
@@ -161,7 +179,7 @@ async def completions(request: Request) -> Response:
     job = GenerationJob(prompt=body.text(), raw=True, params=_sampling(body), stop=body.stops(),
                         max_tokens=_max_tokens(state, body.token_limit(), default=16))
     return await _respond(request, state, job=job, fmt=CompletionFormat(model=state.model_id), stream=body.stream,
-                          include_usage=body.include_usage(), prompt_param="prompt")
+                          include_usage=body.include_usage(), prompt_param="prompt", reader=ReplyReader(calls=False))
 
 
 # --- reading and checking a request ------------------------------------------------------------------
@@ -241,6 +259,28 @@ def _check_request(state: ServeState, body: ChatCompletionRequest | CompletionRe
         raise ApiError(status=400, param=bad[0], message=bad[1])
 
 
+async def _check_constraint(state: ServeState, plan: ToolPlan, body: ChatCompletionRequest) -> None:
+    """Compile each tool's parameters and the request's grammar off the event loop; a 400 names the
+    field and what is wrong (every tool is checked, whatever tool_choice says)."""
+    grammars = await asyncio.to_thread(state.engine.grammars)
+
+    def check() -> None:
+        for i, tool in enumerate(body.tools or ()):
+            try:
+                grammars.check(Constraint.json_schema(tool.function.parameters or {"type": "object"}))
+            except ConstraintError as e:
+                raise ApiError(status=400, param=f"tools.{i}.function.parameters", message=str(e)) from None
+        if plan.constraint is not None:
+            try:
+                grammars.check(plan.constraint)
+            except ConstraintError as e:
+                rf = body.response_format
+                param = "tools" if rf is None or rf.type == "text" else \
+                    "response_format.json_schema.schema" if rf.type == "json_schema" else "response_format"
+                raise ApiError(status=400, param=param, message=str(e)) from None
+    await asyncio.to_thread(check)
+
+
 def _max_tokens(state: ServeState, requested: int | None, *, default: int) -> int:
     limit = state.context_tokens
     if requested is None:
@@ -267,7 +307,7 @@ def _model_card(state: ServeState) -> dict:
 
 # --- generating --------------------------------------------------------------------------------------
 async def _respond(request: Request, state: ServeState, *, job: GenerationJob, fmt: ChatFormat | CompletionFormat,
-                   stream: bool, include_usage: bool, prompt_param: str) -> Response:
+                   stream: bool, include_usage: bool, prompt_param: str, reader: ReplyReader) -> Response:
     cancel = threading.Event()
     streaming = False       # once the event stream is returned, it owns `cancel` and calls _finish
     watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
@@ -279,7 +319,8 @@ async def _respond(request: Request, state: ServeState, *, job: GenerationJob, f
             raise ApiError(status=429, message=str(e), code="queue_full",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         generation = Generation.start(engine=state.engine, job=job, cache=cache, cancel=cancel,
-                                      executor=state.start_executor(), on_done=state.pool.release)
+                                      executor=state.start_executor(), on_done=state.pool.release,
+                                      metrics=state.metrics)
         batches = generation.batches()
         try:
             first = await anext(batches, None)      # a bad prompt raises here, before any byte is sent
@@ -290,13 +331,15 @@ async def _respond(request: Request, state: ServeState, *, job: GenerationJob, f
         if stream:
             watcher.cancel()        # the streaming response watches for the disconnect itself
             streaming = True
-            return _EventStream(_stream(generation, batches, first, fmt=fmt, include_usage=include_usage),
-                                on_close=lambda: _finish(state, cancel))
+            return _EventStream(_stream(generation, batches, first, fmt=fmt, include_usage=include_usage,
+                                        reader=reader), on_close=lambda: _finish(state, cancel))
         texts = ["".join(e.text for e in first)]
         async for batch in batches:
             texts.append("".join(e.text for e in batch))
         last = generation.last
-        return JSONResponse(fmt.whole(text="".join(texts), finish_reason=last.finish_reason, last=last))
+        shown = reader.feed("".join(texts))
+        rest, calls, finish = reader.finish(last.finish_reason)
+        return JSONResponse(fmt.whole(text=shown + rest, finish_reason=finish, last=last, tool_calls=calls))
     finally:
         watcher.cancel()
         if not streaming:
@@ -326,19 +369,29 @@ class _EventStream(StreamingResponse):
 
 
 async def _stream(generation: Generation, batches: AsyncIterator[list[GenerationEvent]], first: list[GenerationEvent],
-                  *, fmt: ChatFormat | CompletionFormat, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events, one chunk per batch of events that arrived together."""
+                  *, fmt: ChatFormat | CompletionFormat, include_usage: bool, reader: ReplyReader) -> AsyncIterator[str]:
+    """Server-sent events, one chunk per batch of events that arrived together; a tool call goes
+    out once whole, as OpenAI's two deltas (id and name, then the arguments)."""
     try:
         opening = fmt.chunk(text=None, finish_reason=None, with_usage=include_usage)
         if opening:
             yield sse(opening)
         batch = first
         while batch is not None:
-            text = "".join(e.text for e in batch)
-            if text:
-                yield sse(fmt.chunk(text=text, finish_reason=None, with_usage=include_usage))
+            text = reader.feed("".join(e.text for e in batch))
             finish = batch[-1].finish_reason
             if finish:
+                rest, calls, finish = reader.finish(finish)
+                text += rest
+            if text:
+                yield sse(fmt.chunk(text=text, finish_reason=None, with_usage=include_usage))
+            if finish:
+                for i, call in enumerate(calls):
+                    head = {"id": call["id"], "type": "function", "function": {"name": call["function"]["name"],
+                                                                                "arguments": ""}}
+                    for part in (head, {"function": {"arguments": call["function"]["arguments"]}}):
+                        yield sse(fmt.chunk(text="", finish_reason=None, with_usage=include_usage,
+                                            tool_call=(i, part)))
                 yield sse(fmt.chunk(text="", finish_reason=finish, with_usage=include_usage))
             batch = await anext(batches, None)
         if include_usage and generation.last is not None:
@@ -360,6 +413,28 @@ def _engine_error(e: Exception, prompt_param: str) -> ApiError:
     if isinstance(e, PromptTooLongError):
         return ApiError(status=400, param=prompt_param, code="context_length_exceeded", message=str(e))
     return ApiError(status=400, param=prompt_param, message=str(e))
+
+
+_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health")
+
+
+class _CountRequests:
+    """ASGI middleware: count each answered request by endpoint and the status it was sent (a plain
+    wrapper of `send`, so streaming and disconnect handling are untouched)."""
+
+    def __init__(self, app, *, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/metrics":
+            return await self.app(scope, receive, send)
+        endpoint = scope["path"] if scope["path"] in _ENDPOINTS else "other"
+
+        async def counting_send(message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(endpoint=endpoint, status=str(message["status"])).inc()
+            await send(message)
+        await self.app(scope, receive, counting_send)
 
 
 def _openapi(app: FastAPI) -> dict:

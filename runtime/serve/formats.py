@@ -39,15 +39,19 @@ class ChatFormat(_Format):
     def __post_init__(self) -> None:
         self.id = self.id or f"chatcmpl-{uuid.uuid4().hex}"
 
-    def whole(self, *, text: str, finish_reason: str, last: GenerationEvent) -> dict:
+    def whole(self, *, text: str, finish_reason: str, last: GenerationEvent, tool_calls: list[dict] = ()) -> dict:
+        message = {"role": "assistant", "content": text or None, "tool_calls": list(tool_calls)} if tool_calls else \
+            {"role": "assistant", "content": text}
         return {**self._head("chat.completion"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "logprobs": None, "finish_reason": finish_reason}],
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
                 "usage": usage(last)}
 
-    def chunk(self, *, text: str | None, finish_reason: str | None, with_usage: bool) -> dict:
-        """text=None is the opening chunk that names the role."""
+    def chunk(self, *, text: str | None, finish_reason: str | None, with_usage: bool,
+              tool_call: tuple[int, dict] | None = None) -> dict:
+        """text=None is the opening chunk that names the role; `tool_call` (index, call) is one whole call."""
         delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+        if tool_call is not None:
+            delta = {"tool_calls": [{"index": tool_call[0], **tool_call[1]}]}
         out = {**self._head("chat.completion.chunk"),
                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
         if with_usage:
@@ -63,12 +67,13 @@ class CompletionFormat(_Format):
     def __post_init__(self) -> None:
         self.id = self.id or f"cmpl-{uuid.uuid4().hex}"
 
-    def whole(self, *, text: str, finish_reason: str, last: GenerationEvent) -> dict:
+    def whole(self, *, text: str, finish_reason: str, last: GenerationEvent, tool_calls: list[dict] = ()) -> dict:
         return {**self._head("text_completion"),
                 "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
                 "usage": usage(last)}
 
-    def chunk(self, *, text: str | None, finish_reason: str | None, with_usage: bool) -> dict | None:
+    def chunk(self, *, text: str | None, finish_reason: str | None, with_usage: bool,
+              tool_call: tuple[int, dict] | None = None) -> dict | None:
         if text is None:        # the legacy stream has no opening chunk
             return None
         out = {**self._head("text_completion"),

@@ -2,7 +2,8 @@
 
 Types are strict (`"5"` is not an integer) and unknown fields are ignored, as clients send fields
 of newer API versions. Fields that would change the answer in ways this server cannot honour
-(`n > 1`, `logprobs`, `tools`, penalties) are rejected by `unsupported()` rather than dropped.
+(`n > 1`, `logprobs`, penalties) are rejected by `unsupported()` rather than dropped. `tools`,
+`tool_choice` and `response_format` become a grammar (runtime/serve/tools.py).
 `top_k`, `min_p` and `repetition_penalty` are the extensions llama.cpp and vLLM accept.
 """
 from __future__ import annotations
@@ -21,15 +22,73 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    name: str
+    arguments: str          # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None        # an assistant's earlier calls
+    tool_call_id: str | None = None                 # a tool message: which call it answers
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
     def as_template_message(self) -> dict:
         """The dict the chat template takes: `developer` is OpenAI's new name for `system`."""
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    description: str | None = None
+    parameters: dict | None = None      # a JSON Schema for the arguments object
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+    name: str
+    description: str | None = None
+    schema_: dict | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(BaseModel):
@@ -83,15 +142,24 @@ class _Sampling(BaseModel):
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(default=None, ge=1)   # OpenAI's newer name for max_tokens
-    tools: list[dict] | None = None
-    response_format: dict | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
 
     def unsupported(self) -> tuple[str, str] | None:
-        if self.tools:
-            return "tools", "tools (function calling) are not supported by this server"
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            return "response_format", (f"response_format type {self.response_format.get('type')!r} is not "
-                                       f"supported; accepted: text")
+        names = [t.function.name for t in self.tools or ()]
+        if len(set(names)) < len(names):
+            return "tools", f"tools name the same function twice ({names}); give each function once"
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            return "tool_choice", (f"tool_choice names function {self.tool_choice.function.name!r}, which is not "
+                                   f"in tools ({names or 'none given'})")
+        if self.tool_choice in ("required",) and not names:
+            return "tool_choice", "tool_choice='required' needs at least one function in tools"
+        rf = self.response_format
+        if rf is not None and rf.type == "json_schema" and rf.json_schema is None:
+            return "response_format.json_schema", ("response_format type 'json_schema' needs "
+                                                   "json_schema: {name, schema, strict}")
         return super().unsupported()
 
     def token_limit(self) -> int | None:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from runtime.constraint import Constraint
 from runtime.events import GenerationEvent
 from runtime.kv_cache import KVCache
 from runtime.sampling import SamplingParams
@@ -33,6 +34,8 @@ class GenerationJob:
     params: SamplingParams
     max_tokens: int
     stop: tuple[str, ...]
+    constraint: Constraint | None = None
+    tools: list[dict] | None = None         # for the chat template's `tools` variable
 
 
 class Generation:
@@ -43,8 +46,9 @@ class Generation:
 
     @classmethod
     def start(cls, *, engine, job: GenerationJob, cache: KVCache, cancel: threading.Event, executor: Executor,
-              on_done: Callable[[KVCache], None]) -> Generation:
-        """Submit the job; `on_done(cache)` runs on the event loop once the worker let go of the cache."""
+              on_done: Callable[[KVCache], None], metrics=None) -> Generation:
+        """Submit the job; `on_done(cache)` runs on the event loop once the worker let go of the cache.
+        `metrics` (runtime.serve.metrics.Metrics) observes each event on the worker."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -58,8 +62,12 @@ class Generation:
             try:
                 if cancel.is_set():     # the client left while waiting in line: spend nothing
                     return
+                watch = metrics.watch(cache.evicted) if metrics is not None else None
                 for event in engine.generate(job.prompt, params=job.params, max_tokens=job.max_tokens,
-                                             stop=job.stop, raw=job.raw, cancel=cancel, cache=cache):
+                                             stop=job.stop, raw=job.raw, cancel=cancel, cache=cache,
+                                             constraint=job.constraint, tools=job.tools):
+                    if watch is not None:
+                        watch.see(event)
                     put(event)
             except BaseException as e:  # noqa: BLE001 - handed to the request, which maps it to a status
                 put(e)

@@ -1,0 +1,227 @@
+"""Constrained decoding benchmark: the mask's cost per token, compile times, JSON validity with and
+without the constraint, and unconstrained decode speed before and after the change (A/B).
+
+    python bench/constraint.py --packages /tmp/smollm2 ~/.cache/slm/packages/qwen2.5-coder-1.5b
+    python bench/constraint.py --packages /tmp/smollm2 --validity 50 --ab-rounds 8
+
+- mask µs/token: the tokens of real constrained replies replayed through fresh guides, each part of a
+  step timed alone: llguidance's mask into a bit array, the bits onto the logits (-inf), the parser's
+  consume; the first step (lexer states built on demand) apart from the later ones;
+- compile ms: the tokenizer (once per engine) and each grammar (check + matcher, per request);
+- validity: `json.loads` + jsonschema over `--validity` prompts asking for a JSON object, greedy,
+  with and without `constraint=` (no fence stripping: the reply is the JSON or it is not);
+- A/B: decode tokens/s of the engine at the branch's base commit (`--base`, loaded from git) and of
+  this engine with constraint=None, interleaved round by round on the same prompt. Prints tables.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jsonschema  # noqa: E402
+import numpy as np  # noqa: E402
+
+from runtime import Engine, SamplingParams  # noqa: E402
+from runtime.constraint import Constraint, Grammars, Guide  # noqa: E402
+
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city", "hobbies"],
+          "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"},
+                         "hobbies": {"type": "array", "items": {"type": "string"}, "maxItems": 4}}}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+GRAMMARS = {"regex date": Constraint.regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
+            "json person": Constraint.json_schema(PERSON),
+            "json object": Constraint.json_schema({"type": "object"})}
+
+
+def tool_call_grammar(engine: Engine) -> Constraint:
+    """What the server asks for with tools=[get_weather], tool_choice="required" (Lark, tags as the tokenizer has them)."""
+    from runtime.serve.schemas import ChatCompletionRequest
+    from runtime.serve.tools import ToolPlan, tag_grammar
+    body = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}], "tools": [WEATHER],
+                                                 "tool_choice": "required"})
+    return ToolPlan.of(body, engine.manifest.chat_template, tag_grammar(engine.tokenizer)).constraint
+PEOPLE = ["a retired teacher", "a young chef", "a jazz drummer", "a marine biologist", "a taxi driver", "a poet",
+          "a software tester", "a beekeeper", "a ballet dancer", "a firefighter"]
+CITIES = ["Lyon", "Osaka", "Lima", "Accra", "Quebec"]
+
+
+class TimedGuide(Guide):
+    """A guide that times its own mask + consume inside a real generation (ONNX Runtime's threads
+    around it, caches cold after each graph call)."""
+    spent: list[float] = []
+
+    def mask(self, logits):
+        self.t0 = time.perf_counter()
+        return super().mask(logits)
+
+    def consume(self, token):
+        super().consume(token)
+        self.spent.append((time.perf_counter() - self.t0) * 1e6)
+
+
+class TimedGrammars(Grammars):
+    def guide(self, constraint):
+        g = super().guide(constraint)
+        return TimedGuide(g.matcher, self.vocab_size)
+
+
+def prompts(n: int) -> list[str]:
+    return [f"Describe {PEOPLE[i % len(PEOPLE)]} from {CITIES[i % len(CITIES)]} as a JSON object with the keys "
+            f"name, age, city and hobbies (a list of up to 4 strings). Reply with the JSON only." for i in range(n)]
+
+
+def valid(text: str) -> bool:
+    try:
+        jsonschema.validate(json.loads(text), PERSON)
+    except (json.JSONDecodeError, jsonschema.ValidationError):
+        return False
+    return True
+
+
+def mask_cost(engine: Engine, n_prompts: int, replays: int = 3) -> dict[str, tuple]:
+    """Per grammar and part of a step (llguidance's mask, the bits onto the logits, the parser's
+    consume): (first step µs, median µs, p90 µs, steps). Real replies are generated first, then
+    their tokens replayed through fresh guides with each part timed alone."""
+    rows = {}
+    logits = np.zeros(engine.manifest.dims.vocab_size, np.float32)
+    for name in ("json person", "lark tool call", "regex date"):
+        replies, TimedGuide.spent = [], []
+        for p in prompts(n_prompts):
+            events = list(engine.generate(p, max_tokens=96, constraint=GRAMMARS[name], cache=engine.new_cache()))
+            replies.append([e.token for e in events if e.token not in engine.eos_ids])
+        xs = sorted(TimedGuide.spent)
+        rows[f"{name}: whole step, inside generation (sampling included)"] = (
+            float("nan"), statistics.median(xs), xs[int(0.9 * (len(xs) - 1))], len(xs))
+        parts = {"llguidance mask": [], "bits -> logits": [], "consume": [], "whole step": []}
+        firsts = {k: [] for k in parts}
+        for _ in range(replays):
+            for tokens in replies:
+                guide = Guide(engine.grammars().guide(GRAMMARS[name]).matcher, len(logits))   # untimed
+                for i, token in enumerate(tokens):
+                    t0 = time.perf_counter()
+                    guide.compute_bits()
+                    t1 = time.perf_counter()
+                    guide.apply_bits(logits)
+                    t2 = time.perf_counter()
+                    guide.consume(token)
+                    t3 = time.perf_counter()
+                    for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0)):
+                        (firsts if i == 0 else parts)[k].append(v * 1e6)
+        for k, xs in parts.items():
+            xs = sorted(xs)
+            rows[f"{name}: {k}"] = (statistics.median(firsts[k]), statistics.median(xs), xs[int(0.9 * (len(xs) - 1))],
+                                    len(xs) + len(firsts[k]))
+    return rows
+
+
+def compile_times(engine: Engine) -> dict[str, float]:
+    t = time.perf_counter()
+    grammars = TimedGrammars(engine.path.joinpath(engine.manifest.tokenizer_file).read_text(),
+                             vocab_size=engine.manifest.dims.vocab_size, eos_ids=sorted(engine.eos_ids))
+    out = {"tokenizer (once per engine)": (time.perf_counter() - t) * 1e3}
+    for name, c in GRAMMARS.items():
+        runs = []
+        for _ in range(5):
+            t = time.perf_counter()
+            grammars.guide(c)       # check + matcher: what each request pays
+            runs.append(time.perf_counter() - t)
+        out[name] = statistics.median(runs) * 1e3
+    engine._grammars = grammars
+    return out
+
+
+def validity(engine: Engine, n: int) -> dict[str, tuple[int, int, int, float]]:
+    rows = {}
+    for label, c in (("without constraint", None), ("with constraint", GRAMMARS["json person"])):
+        ok, cut, tokens, t = 0, 0, 0, time.perf_counter()
+        for p in prompts(n):
+            events = list(engine.generate(p, max_tokens=128, constraint=c, cache=engine.new_cache()))
+            ok += valid("".join(e.text for e in events))
+            cut += events[-1].finish_reason == "length"
+            tokens += events[-1].generated_tokens
+        rows[label] = (ok, cut, n, tokens / (time.perf_counter() - t))
+    return rows
+
+
+def base_engine_class(base: str):
+    """Engine as of commit `base` (the old path), loaded from git beside this one."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{base}:runtime/engine.py"], capture_output=True,
+                            text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "engine_base.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("engine_base", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Engine
+
+
+def ab(package: str, base: str, rounds: int, new_tokens: int, threads: int | None) -> dict[str, list[float]]:
+    engines = {"old path (base)": base_engine_class(base)(package, threads=threads),
+               "new, constraint=None": Engine(package, threads=threads)}
+    prompt = "Write a short story about a lighthouse keeper."
+    speeds = {k: [] for k in engines}
+    for e in engines.values():
+        list(e.generate(prompt, max_tokens=8, cache=e.new_cache()))
+    for r in range(rounds):
+        order = list(engines.items()) if r % 2 == 0 else list(engines.items())[::-1]
+        for name, e in order:
+            events = list(e.generate(prompt, params=SamplingParams(), max_tokens=new_tokens, ignore_eos=True,
+                                     cache=e.new_cache()))
+            speeds[name].append(events[-1].tokens_per_s)
+    return speeds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--packages", nargs="+", required=True)
+    ap.add_argument("--mask-prompts", type=int, default=5)
+    ap.add_argument("--validity", type=int, default=50, help="prompts for the JSON-validity rate (0: skip)")
+    ap.add_argument("--validity-packages", nargs="*", default=None, help="default: the first package only")
+    ap.add_argument("--ab-rounds", type=int, default=6, help="0: skip the A/B")
+    ap.add_argument("--ab-tokens", type=int, default=96)
+    ap.add_argument("--base", default="17f4f2d", help="commit of the old path for the A/B (this branch's base)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    for package in args.packages:
+        engine = Engine(package, threads=args.threads)
+        GRAMMARS["lark tool call"] = tool_call_grammar(engine)
+        name, vocab = Path(package).name, engine.manifest.dims.vocab_size
+        print(f"\n## {name} (vocab {vocab}, {engine.manifest.quant.mode})\n")
+        print("| grammar | compile ms |\n|---|---:|")
+        for k, v in compile_times(engine).items():
+            print(f"| {k} | {v:.2f} |")
+        print("\n| per token | first step µs | later steps: median µs | p90 µs | steps |\n|---|---:|---:|---:|---:|")
+        for k, (first, med, p90, n) in mask_cost(engine, args.mask_prompts).items():
+            print(f"| {k} | {'' if first != first else f'{first:.0f}'} | {med:.0f} | {p90:.0f} | {n} |")
+        if args.validity and (args.validity_packages is None and package == args.packages[0]
+                              or package in (args.validity_packages or ())):
+            print(f"\n| {args.validity} prompts, greedy, max 128 tokens | valid JSON (schema) | cut at max_tokens | "
+                  f"tokens/s |\n|---|---:|---:|---:|")
+            for label, (ok, cut, total, tps) in validity(engine, args.validity).items():
+                print(f"| {label} | {ok}/{total} ({100 * ok / total:.0f}%) | {cut} | {tps:.1f} |")
+        if args.ab_rounds:
+            speeds = ab(package, args.base, args.ab_rounds, args.ab_tokens, args.threads)
+            print(f"\n| unconstrained decode, {args.ab_rounds} interleaved rounds x {args.ab_tokens} tokens | median "
+                  f"tokens/s | min-max |\n|---|---:|---:|")
+            for k, v in speeds.items():
+                print(f"| {k} | {statistics.median(v):.1f} | {min(v):.1f}-{max(v):.1f} |")
+            old, new = speeds.values()
+            ratios = sorted(b / a for a, b in zip(old, new))
+            print(f"\nnew/old, paired by round: median {statistics.median(ratios):.3f}, "
+                  f"min-max {ratios[0]:.3f}-{ratios[-1]:.3f}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
