@@ -41,7 +41,7 @@ NOT_A_CALL = r"TEXT: /(?s:.*)/ & ~/(?s:<tool_call>.*)/"      # any text that doe
 def tag_grammar(tokenizer) -> tuple[str, str]:
     """The Lark for the opening and closing tags: the tokenizer's own token where the tag is one
     (llguidance reads every added token as special, so only `<[id]>` matches it), else the text."""
-    added = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items()}
+    added = {} if tokenizer is None else {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items()}   # None: a byte package
     return tuple(f"<[{added[tag]}]>" if tag in added else json.dumps(tag) for tag in ("<tool_call>", "</tool_call>"))
 
 
