@@ -100,6 +100,11 @@ class ByteCache:
         return self.glob.capacity
 
     @property
+    def evicted(self) -> int:
+        """Global slots (patches) evicted so far, as KVCache.evicted."""
+        return self.glob.evicted
+
+    @property
     def nbytes(self) -> int:
         return self.glob.nbytes + self.local.nbytes
 
