@@ -25,7 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--model", help="local: HF folder, .gguf or 'smollm2'; openai: the model name")
     r.add_argument("--base-url", help="openai: e.g. http://127.0.0.1:8000/v1")
     r.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="openai: default $OPENAI_API_KEY")
-    r.add_argument("--endpoint", default="completions", choices=("completions", "chat"))
+    r.add_argument("--endpoint", default="completions", choices=("completions", "chat"),
+                   help="openai: completions (the raw few-shot prompt) or chat (a system message with the reply "
+                        "format and the worked examples as turns: for instruct models)")
+    r.add_argument("--no-structured", dest="structured", action="store_false",
+                   help="openai chat: do not send response_format (a JSON Schema {rationale, answer}); without "
+                        "this flag it is sent, and dropped for the run if the server answers 400 to it")
     r.add_argument("--concurrency", type=int, default=4, help="openai: requests in flight (default 4)")
     r.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request (default 60)")
     r.add_argument("--retries", type=int, default=3, help="openai: retries with backoff (default 3)")
@@ -34,7 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--filter-disagreeing", action="store_true",
                    help="reject rationales whose answer differs from the gold label")
     r.add_argument("--limit", type=int, help="only the first N inputs of the split")
-    r.add_argument("--out", required=True, help="rationale store (JSONL); re-run to resume")
+    r.add_argument("--show", type=int, metavar="N",
+                   help="dry run: print the teacher's replies to the first N inputs and how each parsed; store nothing")
+    r.add_argument("--parse-check", type=int, default=20, metavar="N",
+                   help="stop if most of this run's first N replies fail to parse (default 20; 0: never)")
+    r.add_argument("--out", help="rationale store (JSONL); re-run to resume (not needed with --show)")
     r.set_defaults(func=_rationales)
 
     t = subparsers.add_parser("train", help="train a student on labels (+ rationales: step-by-step)")
@@ -92,22 +101,57 @@ def _teacher(args: argparse.Namespace, task):
         raise SlmError("teacher 'openai' needs --base-url (e.g. http://127.0.0.1:8000/v1)")
     return teachers.OpenAITeacher(teachers.EndpointConfig(
         base_url=args.base_url, model=args.model, api_key=args.api_key, endpoint=args.endpoint,
-        concurrency=args.concurrency, timeout_s=args.timeout, retries=args.retries, max_tokens=args.max_new_tokens))
+        concurrency=args.concurrency, timeout_s=args.timeout, retries=args.retries, max_tokens=args.max_new_tokens,
+        structured=args.structured))
 
 
 def _rationales(args: argparse.Namespace) -> int:
-    from distill.rationales import generate_rationales
+    from distill.rationales import ParseCheck, generate_rationales
     from distill.tasks import get_task
 
     task = get_task(args.task, args.data)
+    if args.show is not None:
+        return _show(task, args.split, _teacher(args, task), args.show)
+    if not args.out:
+        raise SlmError("--out is required (the rationale store to write), unless --show N asks for a dry run")
     run = generate_rationales(task, args.split, _teacher(args, task), args.out,
-                              filter_disagreeing=args.filter_disagreeing, limit=args.limit)
+                              filter_disagreeing=args.filter_disagreeing, limit=args.limit,
+                              parse_check=ParseCheck(after=args.parse_check))
     if run.store.repaired_partial_lines:
         print(f"repaired: cut {run.store.repaired_partial_lines} partial line left by an interrupted run")
     print(run.line())
     for detail, count in run.failures.items():
         print(f"  teacher failure x{count}: {detail}")
     return 0 if run.failed == 0 else 1
+
+
+def _show(task, split: str, teacher, n: int) -> int:
+    from distill.tasks.base import Parsed
+    from distill.teachers import TeacherFailure
+    from distill.rationales import show_replies
+
+    if n < 1:
+        raise SlmError(f"--show needs N >= 1, got {n}")
+    parsed_count = agreed = shown = 0
+    for example, reply, parsed in show_replies(task, split, teacher, n):
+        shown += 1
+        print(f"=== {example.id}  gold: {example.label}")
+        print(f"--- input\n{example.input}")
+        if isinstance(reply, TeacherFailure):
+            print(f"--- teacher failure: {reply.detail}\n")
+            continue
+        print(f"--- reply\n{reply if isinstance(reply, str) else reply}")
+        if isinstance(parsed, Parsed):
+            agrees = task.is_correct(parsed.answer, example)
+            parsed_count, agreed = parsed_count + 1, agreed + agrees
+            print(f"--- parsed ({parsed.format or 'fixed format'}): answer {parsed.answer!r} "
+                  f"({'agrees' if agrees else 'DISAGREES'} with gold)\nrationale: {parsed.rationale}\n")
+        else:
+            print(f"--- REJECTED {parsed.reason}: {parsed.detail}\n")
+    structured = getattr(teacher, "structured", None)
+    mode = "" if structured is None else f"; structured output {'on' if structured else 'off'}"
+    print(f"parsed {parsed_count}/{shown}, answer agrees with gold {agreed}/{shown}{mode} (dry run: nothing stored)")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
