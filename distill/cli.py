@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--student", required=True, help="HF checkpoint folder, .gguf file, or 'smollm2'")
     t.add_argument("--out", required=True, help="output folder: HF checkpoint + training_record.json")
     t.add_argument("--rationales", help="rationale store; omit for standard fine-tuning")
+    t.add_argument("--allow-label-only", action="store_true",
+                   help="train even if no input has a kept rationale in --rationales (else an error)")
     t.add_argument("--lam", type=float, default=1.0, help="λ in label_loss + λ·rationale_loss (default 1)")
     t.add_argument("--label-source", default="gold", choices=("gold", "teacher"))
     t.add_argument("--train-fraction", type=float, default=1.0, help="share of the train split (default 1)")
@@ -61,9 +63,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--warmup-steps", type=int, default=0)
     t.add_argument("--max-len", type=int, default=256)
     t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--eval-every", type=int, default=0, help="steps between test evaluations (0: end only)")
+    t.add_argument("--eval-every", type=int, default=0,
+                   help="steps between evaluations: on the validation slice with --val-size, else on the test split "
+                        "(0: end only)")
     t.add_argument("--eval-limit", type=int, default=50, help="test inputs per evaluation (0: all)")
-    t.add_argument("--save-every", type=int, default=0, help="steps between resumable checkpoints (0: none)")
+    t.add_argument("--val-size", type=int, default=0,
+                   help="train inputs held out (never trained on) for the validation curve and --patience")
+    t.add_argument("--patience", type=int, default=0,
+                   help="stop after this many validation evaluations without improvement and keep the best "
+                        "weights (0: run all --steps)")
+    t.add_argument("--save-every", type=int, default=0,
+                   help="steps between resumable checkpoints (0: none; SIGTERM/Ctrl-C always saves one)")
+    t.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
+                   help="plain shuffled batches instead of batches of similar lengths")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--max-new-tokens", type=int, default=32)
     t.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     t.add_argument("--seed", type=int, default=0)
@@ -159,14 +172,16 @@ def _train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         student=args.student, task=args.task, out=args.out, data=args.data, rationales=args.rationales,
-        lam=args.lam, label_source=args.label_source, train_fraction=args.train_fraction, steps=args.steps,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
-        max_len=args.max_len, log_every=args.log_every, eval_every=args.eval_every,
-        eval_limit=args.eval_limit or None, save_every=args.save_every, max_new_tokens=args.max_new_tokens,
-        mixed_precision=args.mixed_precision, seed=args.seed)
+        allow_label_only=args.allow_label_only, lam=args.lam, label_source=args.label_source,
+        train_fraction=args.train_fraction, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        lr=args.lr, warmup_steps=args.warmup_steps, max_len=args.max_len, log_every=args.log_every,
+        eval_every=args.eval_every, eval_limit=args.eval_limit or None, val_size=args.val_size,
+        patience=args.patience, save_every=args.save_every, group_by_length=args.group_by_length,
+        threads=args.threads, max_new_tokens=args.max_new_tokens, mixed_precision=args.mixed_precision,
+        seed=args.seed)
     record = train(config)
-    print(json.dumps({"steps": record.steps, "final_eval": record.final_eval, "left_out": record.left_out,
-                      "seconds": record.seconds}))
+    print(json.dumps({"steps": record.steps, "stopped": record.stopped, "best_step": record.best_step,
+                      "final_eval": record.final_eval, "left_out": record.left_out, "seconds": record.seconds}))
     return 0
 
 

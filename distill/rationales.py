@@ -2,9 +2,10 @@
 
     teacher ─► (example, reply) ─► teacher.parse ─► kept | rejected(reason) ─► store (JSONL)
 
-Entry point: `generate_rationales`; `show_replies` is its dry run (nothing stored). Inputs already in the store are skipped, so a killed run is
-resumed by running it again. Every input ends as exactly one stored record (kept, or rejected with
-a reason) or is counted as a teacher failure and asked again next time; nothing is dropped unseen.
+Entry point: `generate_rationales`; `show_replies` is its dry run (nothing stored). Inputs already in
+the store are skipped, so a killed run is resumed by running it again. Every input ends as exactly
+one stored record (kept, or rejected with a reason) or is counted as a teacher failure and asked
+again next time; nothing is dropped unseen.
 A teacher whose replies mostly fail to parse stops the run after the first `ParseCheck.after` replies,
 naming the commonest reasons and one reply, instead of filling the store with rejections.
 """
