@@ -94,7 +94,8 @@ def table(args: argparse.Namespace) -> None:
         label, path = spec.split("=", 1)
         records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
         agree = sum(bool(r.get("agrees_with_gold")) for r in records)
-        rows.append(f"| teacher {label} (its own answers; {len(records)} test inputs so far) | — | "
+        split = records[0]["split"] if records else "?"
+        rows.append(f"| teacher {label} (its own answers; {len(records)} {split} inputs stored) | — | "
                     f"{100 * agree / max(1, len(records)):.1f}% | unparseable count as wrong |")
     print("| student | accuracy per seed | mean | stopping |\n|---|---:|---:|---|")
     print("\n".join(rows))
