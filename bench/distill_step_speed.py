@@ -63,6 +63,23 @@ def padding_share(batch_list) -> tuple[float, int]:
     return padded / total, targets // len(batch_list)
 
 
+def epoch_positions(encoded, batch_size: int) -> None:
+    """Exact counts for one epoch: positions the model runs on, padding, and target positions (what
+    `target_loss` projects to the vocabulary), for shuffled and length-grouped batches."""
+    print("| batches (one epoch) | positions | padding | target positions (projected by target_loss) |")
+    print("|---|---:|---:|---:|")
+    for name, grouped in (("shuffled", False), ("length-grouped", True)):
+        pos = pad = tgt = 0
+        for b in batches(encoded, batch_size, grouped, seed=0, n=-1):
+            for part in (b["label"], b["rationale"]):
+                if part is not None:
+                    pos += part["attention_mask"].numel()
+                    pad += int((part["attention_mask"] == 0).sum())
+                    tgt += int((part["labels"][:, 1:] != multitask.IGNORE).sum())
+        print(f"| {name} | {pos:,} | {pad:,} ({pad / pos:.0%}) | {tgt:,} ({tgt / pos:.0%}) |")
+    print()
+
+
 def run_variant(model, batch_list, target_only: bool, bf16: bool) -> list[float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     loss_of = multitask.target_loss if target_only else (lambda m, b: m(**b).loss)
@@ -97,6 +114,7 @@ def main() -> None:
     model.train()
     items, _ = multitask.build_items(task.load("train"), records, label_source="gold")
     encoded, _ = multitask.encode_items(tokenizer, items, args.max_len)
+    epoch_positions(encoded, 8)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"load average {os.getloadavg()[0]:.1f} at start; {args.steps} timed steps per row, batch {args.batch_size}\n")
     print("| variant | torch threads | s / step (median) | padded positions | target tokens / step |")
