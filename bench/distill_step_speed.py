@@ -4,8 +4,9 @@
 
 Student SmolLM2-135M (the default GGUF, dequantised), SVAMP train with the recorded PaLM rationales,
 batch 8, both tasks (label + rationale) per step, AdamW. Each variant runs `--steps` timed steps after
-one warm-up step on the same seeded batches, and prints a markdown table: seconds per step, the share
-of padded positions, and the tokens the vocabulary projection sees.
+one warm-up step on the same seeded batches, and prints a markdown table: wall and CPU seconds per
+step (on a shared host the CPU seconds are the fairer comparison), the share of padded positions, and
+the tokens the vocabulary projection sees.
 """
 from __future__ import annotations
 
@@ -83,9 +84,9 @@ def epoch_positions(encoded, batch_size: int) -> None:
 def run_variant(model, batch_list, target_only: bool, bf16: bool) -> list[float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     loss_of = multitask.target_loss if target_only else (lambda m, b: m(**b).loss)
-    times = []
+    times, cpu = [], []
     for batch in batch_list:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
             loss = loss_of(model, batch["label"])
             if batch["rationale"] is not None:
@@ -94,7 +95,8 @@ def run_variant(model, batch_list, target_only: bool, bf16: bool) -> list[float]
         optimizer.step()
         optimizer.zero_grad()
         times.append(time.perf_counter() - start)
-    return times[1:]  # the first step warms up
+        cpu.append(time.process_time() - start_cpu)
+    return times[1:], cpu[1:]  # the first step warms up
 
 
 def main() -> None:
@@ -117,15 +119,17 @@ def main() -> None:
     epoch_positions(encoded, 8)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"load average {os.getloadavg()[0]:.1f} at start; {args.steps} timed steps per row, batch {args.batch_size}\n")
-    print("| variant | torch threads | s / step (median) | padded positions | target tokens / step |")
-    print("|---|---:|---:|---:|---:|")
+    print("| variant | torch threads | wall s / step (median) | CPU s / step (all threads) | padded positions | "
+          "target tokens / step |")
+    print("|---|---:|---:|---:|---:|---:|")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name, target_only, grouped, bf16 in VARIANTS:
             batch_list = batches(encoded, args.batch_size, grouped, seed=0, n=args.steps + 1)
             share, targets = padding_share(batch_list[1:])
-            times = run_variant(model, batch_list, target_only, bf16)
-            print(f"| {name} | {threads} | {statistics.median(times):.2f} | {share:.0%} | {targets} |", flush=True)
+            times, cpu = run_variant(model, batch_list, target_only, bf16)
+            print(f"| {name} | {threads} | {statistics.median(times):.2f} | {statistics.median(cpu):.2f} | "
+                  f"{share:.0%} | {targets} |", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end (2 cores shared with other jobs: compare rows "
           "within one run, not across machines)")
 
