@@ -85,6 +85,9 @@ def test_teacher_failures_are_counted_not_stored(tmp_path):
         def prompt_version(self, task):
             return "v"
 
+        def parse(self, task, text, example):
+            return task.parse_teacher(text, example)
+
         def answer(self, task, examples):
             for i, e in enumerate(examples):
                 yield e, TeacherFailure("timeout") if i == 1 else "a. The answer is (1 + 1)."

@@ -35,6 +35,7 @@ class Server(ThreadingHTTPServer):
         self.release = threading.Event()
         self.hold_after: int | None = None
         self.meet: int | None = None
+        self.refuse_response_format = False
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -74,6 +75,9 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(401, {"error": {"message": "invalid api key"}})
             if model == "missing":
                 return self._send(404, {"error": {"message": "model not found"}})
+            if s.refuse_response_format and "response_format" in body:
+                return self._send(400, {"error": {"message": "response_format type 'json_schema' is not supported",
+                                                  "param": "response_format"}})
             if model == "slow":
                 s.release.wait(timeout=60)
             if model == "flaky" and n <= 2:
@@ -116,7 +120,23 @@ def test_answers_with_bounded_concurrency(server, tmp_path, endpoint):
     assert body["stop"] == ["\n\nQ:"] and body["temperature"] == 0
     record = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
     assert record["answer"] == "(2 + 3)" and record["teacher"].startswith("openai:good@http://127.0.0.1")
-    assert record["prompt_version"] == f"svamp-cot-v1/{endpoint}"
+    assert record["prompt_version"] == ("svamp-cot-v1/completions" if endpoint == "completions"
+                                        else "svamp-cot-v1/chat-json-v1")
+    if endpoint == "chat":
+        assert body["messages"][0]["role"] == "system" and body["response_format"]["type"] == "json_schema"
+
+
+def test_structured_output_refused_falls_back_once_for_the_run(server, tmp_path, caplog):
+    """A server that answers 400 to response_format (as `slm serve` did): asked again without it, said once."""
+    server.refuse_response_format = True
+    teacher = _teacher(server, endpoint="chat", concurrency=1)
+    with caplog.at_level("WARNING", logger="slm.distill"):
+        run = generate_rationales(get_task("svamp"), "test", teacher, tmp_path / "r.jsonl", limit=4)
+    assert run.store.kept == 4 and run.failed == 0 and not teacher.structured
+    with_format = [b for b in server.bodies if "response_format" in b]
+    assert len(with_format) == 1 and len(server.bodies) == 5      # one refusal, then four plain requests
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "does not take response_format (HTTP 400" in caplog.records[0].message
 
 
 def test_retries_with_backoff_then_succeeds(server, tmp_path):

@@ -2,8 +2,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,3 +108,84 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(setup):
                              max_new_tokens=4))
     assert [r["step"] for r in resumed["history"]] == list(range(1, 9))
     assert [r["loss"] for r in resumed["history"]] == pytest.approx([r["loss"] for r in straight.history], rel=1e-3)
+
+
+def test_target_loss_equals_the_full_loss():
+    from distill.multitask import pad, target_loss
+    from tests.conftest import tiny_gemma3, tiny_llama
+
+    batch = pad([([5, 6, 7, 8, 9, 10], [-100, -100, -100, 8, 9, 10]), ([11, 12, 13], [-100, 12, 13])], 0)
+    for model in (tiny_llama(), tiny_gemma3()):       # Gemma: with its final logit soft-capping
+        assert target_loss(model, batch).item() == pytest.approx(model(**batch).loss.item(), rel=1e-5)
+
+
+def test_length_grouped_batches_cover_each_input_once_per_epoch():
+    from distill.multitask import LengthGroupedBatches
+
+    lengths = [(i * 37) % 101 for i in range(203)]
+    sampler = LengthGroupedBatches(lengths, 8, seed=3, pool=4)
+    first = list(sampler)
+    assert sorted(i for b in first for i in b) == list(range(203)) and len(first) == len(sampler) == 26
+    assert list(sampler) == first                       # deterministic: a resumed run skips the same batches
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in first) / len(first)
+    assert spread < 30                                  # a shuffled batch of 8 spans ~80 of 0..100
+
+
+def test_a_store_without_kept_rationales_is_an_error_up_front(setup, tmp_path, caplog):
+    root, base = setup
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("")
+    with pytest.raises(SlmError, match="needs rationales, but .*none.jsonl: it has no kept rationale at all, so all "
+                                       "32 training inputs would train the label task only.*--allow-label-only"):
+        train(replace(base, rationales=str(empty), student="/nonexistent-never-loaded"))
+    with caplog.at_level("WARNING", logger="slm.distill"):
+        record = train(replace(base, rationales=str(empty), allow_label_only=True, out=str(tmp_path / "lo"), steps=1,
+                               eval_limit=1))
+    assert record.rationale_examples == 0 and "32 of 32 training inputs have no kept rationale" in caplog.text
+
+
+def test_validation_plateau_stops_and_keeps_the_best_weights(setup, tmp_path):
+    root, base = setup
+    record = train(replace(base, out=str(tmp_path / "p"), steps=400, lr=3e-2, val_size=6, eval_every=2, patience=2,
+                           eval_limit=2, log_every=2))
+    curve = record.validation
+    assert record.stopped == "plateau" and record.steps < 400 and record.steps == curve[-1]["step"]
+    assert record.train_inputs == 26                    # 32 selected, 6 held out
+    best = max(curve, key=lambda p: (p["accuracy"], -p["loss"]))
+    assert record.best_step == best["step"] < record.steps
+    assert sum(p["step"] > record.best_step for p in curve) == 2   # patience 2: two evaluations without improvement
+    from distill.student import load_causal_lm
+    from distill.train import validation_loss
+    from distill import multitask
+    model, tokenizer = load_causal_lm(tmp_path / "p")   # the written weights are the best step's, not the last
+    val = multitask.select(get_task("svamp").load("train"), base.train_fraction, base.seed)[:6]
+    encoded, _ = multitask.encode_items(tokenizer, multitask.build_items(val, None, label_source="gold")[0], 128)
+    assert validation_loss(model, encoded, tokenizer.pad_token_id) == pytest.approx(best["loss"], abs=1e-4)
+    assert not (tmp_path / "p" / "best").exists()
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(setup):
+    root, base = setup
+    out = root / "termed"
+    def cmd(steps):
+        return [sys.executable, "-m", "distill", "train", "--task", "svamp", "--student", base.student,
+                "--rationales", base.rationales, "--out", str(out), "--train-fraction", "0.04", "--steps", str(steps),
+                "--batch-size", "4", "--max-len", "128", "--lr", "3e-3", "--log-every", "1", "--eval-limit", "1",
+                "--max-new-tokens", "2"]
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd(400), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:                            # wait for a step to be logged, then SIGTERM
+        if line.startswith('{"step": 2,'):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "stopped by SIGTERM at step" in err, err[-1000:]
+    saved = json.loads((out / "resume" / "progress.json").read_text())["step"]
+    assert 2 <= saved < 400 and [r["step"] for r in json.loads((out / "resume" / "progress.json").read_text())
+                                 ["history"]] == list(range(1, saved + 1))
+    done = subprocess.run(cmd(saved + 2), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((out / "training_record.json").read_text())
+    assert record["resumed_from_step"] == saved and [r["step"] for r in record["history"]] == list(range(1, saved + 3))

@@ -31,6 +31,15 @@ class Parsed:
     """A teacher completion split into its rationale and its answer (normalised like a label)."""
     rationale: str
     answer: str
+    format: str = ""    # how a live teacher's reply was read (`distill.replies.FORMATS`); "" for fixed formats
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One worked example a live teacher is shown: the question as it reads it, a rationale, the answer."""
+    question: str
+    rationale: str
+    answer: str
 
 
 @dataclass(frozen=True)
@@ -51,9 +60,29 @@ class Task(Protocol):
         """The PaLM-540B completion files released with the paper for `split`, index-aligned."""
         ...
 
-    def teacher_prompt(self, example: Example) -> str: ...
+    def teacher_prompt(self, example: Example) -> str:
+        """The raw few-shot prompt (completions endpoints, local models), in the recorded outputs' format."""
+        ...
 
-    def parse_teacher(self, text: str, example: Example) -> Parsed | Rejection: ...
+    def parse_teacher(self, text: str, example: Example) -> Parsed | Rejection:
+        """A completion in the few-shot format itself (the recorded PaLM outputs)."""
+        ...
+
+    def question(self, example: Example) -> str:
+        """The input as a chat teacher reads it."""
+        ...
+
+    def shots(self, example: Example) -> tuple[Shot, ...]:
+        """Worked examples shown to a chat teacher before `example` (never `example` itself)."""
+        ...
+
+    def answer_spec(self, example: Example) -> str:
+        """What the answer must be, in words, for the teacher's instructions."""
+        ...
+
+    def answer_of(self, text: str, example: Example) -> str | Rejection:
+        """A teacher's answer text (already cut from its reply) in the label's form, or why not."""
+        ...
 
     def parse_prediction(self, text: str, example: Example) -> str | Rejection:
         """The student's answer as a label string, or why it is unusable."""

@@ -10,11 +10,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill.tasks.base import Example, Parsed, Rejection, check_split, cut, normalise, read_jsonl
+from distill.tasks.base import Example, Parsed, Rejection, Shot, check_split, cut, normalise, read_jsonl
 
 LETTERS = "abcde"
 RECORDED = {"train": [f"train_CoT_{i}.json" for i in range(10)], "test": ["test_CoT_0.json", "test_CoT_1.json"]}
 _LETTER = re.compile(r"^\(([a-e])\)\s*(.*)$", re.DOTALL)
+_BARE_LETTER = re.compile(r"^\(?([a-eA-E])[).:]?(?:\s+(.*))?$", re.DOTALL)  # 'c', 'C)', 'c. pond'
+
 
 EXEMPLARS = (
     ("What do people use to absorb extra ink from a fountain pen?",
@@ -72,6 +74,28 @@ class CqaTask:
         if isinstance(answer, Rejection):
             return answer
         return Parsed(rationale=rationale, answer=answer)
+
+    def question(self, example: Example) -> str:
+        return example.input
+
+    def shots(self, example: Example) -> tuple[Shot, ...]:
+        return tuple(Shot(_question(q, c), r, f"({LETTERS[k]}) {c[k]}") for q, c, r, k in EXEMPLARS)
+
+    def answer_spec(self, example: Example) -> str:
+        return "one of the answer choices, its letter and its text, e.g. (c) television"
+
+    def answer_of(self, text: str, example: Example) -> str | Rejection:
+        """'(c) pond', 'c', 'C) pond', 'Pond', or an answer naming exactly one choice's text."""
+        choice = self._choice(text, example)
+        if not isinstance(choice, Rejection):
+            return choice
+        bare = _BARE_LETTER.match(text.strip())
+        if bare and (bare.group(2) is None or normalise(bare.group(2)) in map(normalise, example.choices)):
+            return example.choices[LETTERS.index(bare.group(1).lower())]
+        named = [c for c in example.choices if f" {normalise(c)} " in f" {normalise(text)} "]
+        if len(named) == 1:
+            return named[0]
+        return choice
 
     def parse_prediction(self, text: str, example: Example) -> str | Rejection:
         return self._choice(text.split("\n")[0], example)

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill.tasks.base import Example, Parsed, Rejection, check_split, cut, normalise, read_jsonl
+from distill.tasks.base import Example, Parsed, Rejection, Shot, check_split, cut, normalise, read_jsonl
 
 LABELS = ("entailment", "neutral", "contradiction")
+STEMS = {"entail": "entailment", "neutral": "neutral", "contradict": "contradiction"}  # 'entails', 'contradicts'
 FILES = {"train": "esnli_valid.json", "test": "esnli_test.json"}
 RECORDED = {"train": ["valid_CoT_0.json", "valid_CoT_1.json"], "test": ["test_CoT_0.json", "test_CoT_1.json"]}
 
@@ -62,6 +63,24 @@ class EsnliTask:
         if answer not in LABELS:
             return Rejection("unparseable", f"answer is not a class: {answer[:40]!r}")
         return Parsed(rationale=rationale, answer=answer)
+
+    def question(self, example: Example) -> str:
+        premise, hypothesis = (line.split(": ", 1)[1] for line in example.input.split("\n", 1))
+        return f"Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the hypothesis?"
+
+    def shots(self, example: Example) -> tuple[Shot, ...]:
+        return tuple(Shot(f"Premise: {p}\nHypothesis: {h}\nDoes the premise entail the hypothesis?", r, a)
+                     for p, h, r, a in EXEMPLARS)
+
+    def answer_spec(self, example: Example) -> str:
+        return "one word: entailment, neutral or contradiction"
+
+    def answer_of(self, text: str, example: Example) -> str | Rejection:
+        """The class named in the answer ('Entailment', 'the premise entails it'), when exactly one is."""
+        found = {label for stem, label in STEMS.items() if stem in normalise(text)}
+        if len(found) == 1:
+            return found.pop()
+        return Rejection("unparseable", f"answer is not a class: {text[:40]!r}")
 
     def parse_prediction(self, text: str, example: Example) -> str | Rejection:
         answer = normalise(text.split("\n")[0])

@@ -8,13 +8,16 @@ through the `human` teacher.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from slm.errors import SlmError
 
-from distill.tasks.base import Example, Parsed, Rejection, check_split, cut, normalise, read_jsonl
+from distill.tasks.base import Example, Parsed, Rejection, Shot, check_split, cut, normalise, read_jsonl
 
 SHOTS = 3
+CLOSED_SET = 12     # a train split with at most this many distinct labels, each seen twice or more, is a classification
+INSTRUCTION = "instruction.txt"  # optional: one paragraph telling a live teacher what the task is
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,43 @@ class JsonlTask:
         if not rationale or not answer:
             return Rejection("unparseable", "empty rationale or answer")
         return Parsed(rationale=rationale, answer=answer)
+
+    @cached_property
+    def _train(self) -> list[Example]:
+        return self.load("train")
+
+    @cached_property
+    def label_set(self) -> tuple[str, ...]:
+        """The labels, when the train split is a classification (few distinct labels, each repeated); else ()."""
+        counts: dict[str, int] = {}
+        for e in self._train:
+            counts[e.label] = counts.get(e.label, 0) + 1
+        closed = len(counts) <= CLOSED_SET and min(counts.values(), default=0) >= 2
+        return tuple(sorted(counts)) if closed else ()
+
+    def question(self, example: Example) -> str:
+        return example.input
+
+    def shots(self, example: Example) -> tuple[Shot, ...]:
+        return tuple(Shot(e.input, e.rationale, e.label) for e in self._train
+                     if e.rationale and e.id != example.id)[:SHOTS]
+
+    def answer_spec(self, example: Example) -> str:
+        path = self.data_dir / INSTRUCTION
+        told = path.read_text(encoding="utf-8").strip() + " " if path.is_file() else ""
+        if self.label_set:
+            return f"{told}exactly one of: {', '.join(self.label_set)}"
+        return f"{told}the final answer only, short, in the form of the examples' answers"
+
+    def answer_of(self, text: str, example: Example) -> str | Rejection:
+        if not text.strip():
+            return Rejection("unparseable", "empty answer")
+        if not self.label_set:
+            return text.strip()
+        for label in self.label_set:
+            if normalise(label) == normalise(text):
+                return label
+        return Rejection("unparseable", f"not one of the labels: {text[:40]!r}")
 
     def parse_prediction(self, text: str, example: Example) -> str | Rejection:
         answer = text.split("\n")[0].strip()

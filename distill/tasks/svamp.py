@@ -6,11 +6,17 @@ evaluates (safely, `distill.arith`) to the gold value. PaLM's completions end wi
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from distill import arith
-from distill.tasks.base import Example, Parsed, Rejection, check_split, cut, read_jsonl
+from distill.tasks.base import Example, Parsed, Rejection, Shot, check_split, cut, read_jsonl
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_FRAC = re.compile(r"\\d?frac\{([^{}]+)\}\{([^{}]+)\}")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_OPERATORS = (("\\times", "*"), ("\\cdot", "*"), ("×", "*"), ("\\div", "/"), ("÷", "/"), ("−", "-"))
 
 BUNDLED = Path(__file__).resolve().parent.parent / "data" / "svamp"
 
@@ -65,6 +71,32 @@ class SvampTask:
         if arith.try_evaluate(answer) is None:
             return Rejection("unparseable", f"answer is not arithmetic: {answer[:40]!r}")
         return Parsed(rationale=rationale, answer=answer)
+
+    def question(self, example: Example) -> str:
+        return " ".join(example.input.split())
+
+    def shots(self, example: Example) -> tuple[Shot, ...]:
+        return tuple(Shot(q, r, a) for q, r, a in EXEMPLARS)
+
+    def answer_spec(self, example: Example) -> str:
+        return ("an arithmetic expression over the numbers in the problem, written with + - * / and "
+                "parentheses only, e.g. (21 - 15)")
+
+    def answer_of(self, text: str, example: Example) -> str | Rejection:
+        """An expression as written, else its TeX/unicode spelling, else the last side of an '=' that is one,
+        else the last number in the text ('6 trees.')."""
+        if arith.try_evaluate(text) is not None:
+            return text
+        plain = _FRAC.sub(r"(\1 / \2)", _THOUSANDS.sub("", text))
+        for tex, op in _OPERATORS:
+            plain = plain.replace(tex, op)
+        for side in reversed(plain.split("=")):
+            if arith.try_evaluate(side) is not None:
+                return side.strip()
+        numbers = _NUMBER.findall(plain)
+        if numbers:
+            return numbers[-1]
+        return Rejection("unparseable", f"answer is not arithmetic: {text[:40]!r}")
 
     def parse_prediction(self, text: str, example: Example) -> str | Rejection:
         answer = text.strip().split("\n")[0].strip().rstrip(".").strip()

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Union
 
-from distill.tasks.base import Example, Parsed, Task
+from distill.tasks.base import Example, Parsed, Rejection, Task
 
 
 @dataclass(frozen=True)
@@ -31,3 +31,7 @@ class Teacher(Protocol):
         ...
 
     def answer(self, task: Task, examples: Sequence[Example]) -> Iterator[tuple[Example, Reply]]: ...
+
+    def parse(self, task: Task, text: str, example: Example) -> Parsed | Rejection:
+        """Read one of this teacher's text replies (a fixed few-shot format, or whatever a chat model wrote)."""
+        ...

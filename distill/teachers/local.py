@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from distill.replies import parse_reply
 from distill.student import load_causal_lm
-from distill.tasks.base import Example, Task, cut
+from distill.tasks.base import Example, Parsed, Rejection, Task, cut
 from distill.teachers.base import Reply
 
 
@@ -28,6 +29,9 @@ class LocalTeacher:
 
     def prompt_version(self, task: Task) -> str:
         return task.prompt_version
+
+    def parse(self, task: Task, text: str, example: Example) -> Parsed | Rejection:
+        return parse_reply(task, text, example)
 
     @torch.no_grad()
     def answer(self, task: Task, examples: Sequence[Example]) -> Iterator[tuple[Example, Reply]]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from slm.errors import SlmError
 
-from distill.tasks.base import Example, Parsed, Task, read_completions
+from distill.tasks.base import Example, Parsed, Rejection, Task, read_completions
 from distill.teachers.base import Reply, TeacherFailure
 
 
@@ -34,6 +34,9 @@ class RecordedTeacher:
     def prompt_version(self, task: Task) -> str:
         return "dss-palm-release"  # the paper's own prompts, fixed when the outputs were recorded
 
+    def parse(self, task: Task, text: str, example: Example) -> Parsed | Rejection:
+        return task.parse_teacher(text, example)  # the paper's format, read strictly (the counts in DISTILL.md)
+
     def answer(self, task: Task, examples: Sequence[Example]) -> Iterator[tuple[Example, Reply]]:
         for example in examples:
             text = self.completions.get(example.id)
@@ -46,6 +49,9 @@ class HumanTeacher:
 
     def prompt_version(self, task: Task) -> str:
         return "dataset"
+
+    def parse(self, task: Task, text: str, example: Example) -> Parsed | Rejection:
+        return Rejection("unparseable", "the human teacher gives no text replies")
 
     def answer(self, task: Task, examples: Sequence[Example]) -> Iterator[tuple[Example, Reply]]:
         for example in examples:

@@ -1,0 +1,157 @@
+"""Step-by-step against standard fine-tuning, each trained to a validation plateau, several seeds,
+with paired bootstrap 95% intervals (the table of docs/DISTILL.md "Results").
+
+    python bench/distill_convergence.py run --task svamp --student smollm2 --out runs/conv --seeds 0 1 \\
+        --store palm=runs/svamp_palm.jsonl --store qwen=/work/jobs/distill/svamp-train-qwen2.5-coder-1.5b.jsonl \\
+        -- --steps 3000 --val-size 80 --eval-every 50 --patience 5 --save-every 50 --batch-size 8 --lr 1e-4
+    python bench/distill_convergence.py table --task svamp --out runs/conv \\
+        --teacher-store qwen=/work/jobs/distill/svamp-test-qwen2.5-coder-1.5b.jsonl --plot docs/distill/curves.png
+
+`run` makes one cell per arm and seed, each a fresh `python -m distill` process: `untrained` (the
+student as it starts, scored once), `standard` (gold labels only) and `step-by-step:<NAME>` for each
+`--store NAME=PATH`. Everything after `--` goes to every `distill train` (the plateau settings). Each
+cell's test predictions are written by `distill eval` to `<cell>/test.pred.jsonl`; a cell that has
+them is skipped, and `--save-every` in the train settings makes a killed cell resume.
+`table` prints the markdown table: accuracy per seed and mean, and for each step-by-step arm its
+difference from standard with a paired bootstrap 95% interval over the test inputs (`distill.stats`),
+the teacher's own test accuracy from a store of the test split, and a plot of the validation curves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distill.stats import paired_bootstrap  # noqa: E402
+
+
+def distill(*args: str) -> None:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "distill", *args]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+
+
+def arms(stores: dict[str, str]) -> list[tuple[str, str | None]]:
+    return [("standard", None)] + [(f"step-by-step:{name}", path) for name, path in stores.items()]
+
+
+def cell_dir(out: Path, arm: str, seed: int) -> Path:
+    return out / f"{arm.replace(':', '-')}-s{seed}"
+
+
+def run(args: argparse.Namespace, train_args: list[str]) -> None:
+    out = Path(args.out)
+    task = ["--task", args.task] + (["--data", args.data] if args.data else [])
+    scoring = ["--max-new-tokens", str(args.max_new_tokens)] + (["--limit", str(args.test_limit)] if args.test_limit else [])
+    untrained = out / "untrained"
+    if not (untrained / "test.pred.jsonl").is_file():
+        untrained.mkdir(parents=True, exist_ok=True)
+        distill("eval", *task, "--model", args.student, *scoring, "--predictions", str(untrained / "test.pred.jsonl"))
+    for seed in args.seeds:
+        for arm, store in arms(dict(s.split("=", 1) for s in args.store)):
+            cell = cell_dir(out, arm, seed)
+            if (cell / "test.pred.jsonl").is_file():
+                print(f"= {cell.name}: done", flush=True)
+                continue
+            rationales = ["--rationales", store] if store else []
+            distill("train", *task, "--student", args.student, *rationales, "--out", str(cell), "--seed", str(seed),
+                    "--eval-limit", "1", *train_args)   # the test set is scored once, below, with predictions
+            distill("eval", *task, "--model", str(cell), *scoring, "--predictions", str(cell / "test.pred.jsonl"))
+
+
+def correctness(path: Path) -> dict[str, float]:
+    return {row["id"]: float(row["correct"]) for row in map(json.loads, path.read_text().splitlines())}
+
+
+def table(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    names = sorted({p.parent.name.rsplit("-s", 1)[0] for p in out.glob("*-s*/test.pred.jsonl")})
+    rows, per_arm = [], {}
+    base = out / "untrained" / "test.pred.jsonl"
+    if base.is_file():
+        c = correctness(base)
+        rows.append(f"| student before training | — | {100 * sum(c.values()) / len(c):.1f}% | — |")
+    for name in ["standard"] + [n for n in names if n != "standard"]:
+        seeds = sorted(out.glob(f"{name}-s*/test.pred.jsonl"))
+        if not seeds:
+            continue
+        runs = [correctness(p) for p in seeds]
+        per_arm[name] = {i: sum(r[i] for r in runs) / len(runs) for i in runs[0]}
+        accs = [100 * sum(r.values()) / len(r) for r in runs]
+        steps = [json.loads((p.parent / "training_record.json").read_text()) for p in seeds]
+        stopped = ", ".join(f"s{p.parent.name.rsplit('-s', 1)[1]}: best step {r['best_step']} of {r['steps']} "
+                            f"({r['stopped']})" for p, r in zip(seeds, steps))
+        rows.append(f"| {name.replace('step-by-step-', 'step-by-step, ')} | {' / '.join(f'{a:.1f}%' for a in accs)} | "
+                    f"{sum(accs) / len(accs):.1f}% | {stopped} |")
+    for spec in args.teacher_store:
+        label, path = spec.split("=", 1)
+        records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        agree = sum(bool(r.get("agrees_with_gold")) for r in records)
+        split = records[0]["split"] if records else "?"
+        rows.append(f"| teacher {label} (its own answers; {len(records)} {split} inputs stored) | — | "
+                    f"{100 * agree / max(1, len(records)):.1f}% | unparseable count as wrong |")
+    print("| student | accuracy per seed | mean | stopping |\n|---|---:|---:|---|")
+    print("\n".join(rows))
+    if "standard" in per_arm:
+        print("\n| step-by-step − standard | points, paired bootstrap 95% interval | test inputs |\n|---|---:|---:|")
+        for name, scores in per_arm.items():
+            if name != "standard":
+                d = paired_bootstrap(scores, per_arm["standard"])
+                print(f"| {name.replace('step-by-step-', '')} | {d.line()} | {d.inputs} |")
+    if args.plot:
+        plot(out, Path(args.plot))
+
+
+def plot(out: Path, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for record in sorted(out.glob("*-s*/training_record.json")):
+        curve = json.loads(record.read_text())["validation"]
+        if curve:
+            ax.plot([p["step"] for p in curve], [100 * p["accuracy"] for p in curve], marker=".",
+                    label=record.parent.name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    print(f"\nplot: {path}")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--task", required=True)
+    r.add_argument("--data")
+    r.add_argument("--student", default="smollm2")
+    r.add_argument("--out", required=True)
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    r.add_argument("--store", action="append", default=[], metavar="NAME=PATH", help="a rationale store (train split)")
+    r.add_argument("--max-new-tokens", type=int, default=24)
+    r.add_argument("--test-limit", type=int, default=0, help="score the first N test inputs (0: all)")
+    t = sub.add_parser("table")
+    t.add_argument("--task", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--teacher-store", action="append", default=[], metavar="NAME=PATH",
+                   help="the teacher's store of the test split: its own accuracy")
+    t.add_argument("--plot", help="write the validation curves to this PNG")
+    args = parser.parse_args(argv)
+    run(args, train_args) if args.command == "run" else table(args)
+
+
+if __name__ == "__main__":
+    main()
