@@ -169,6 +169,27 @@ def run(job: dict, prefix: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def print_probes(emulate: list[str]) -> None:
+    """The kernel probe on this CPU and under each emulated one, as a table."""
+    qemu = shutil.which("qemu-x86_64")
+    runs = {}
+    for cpu, prefix in [("native", [])] + [(f"QEMU -cpu {c}", [qemu, "-cpu", c]) for c in emulate]:
+        proc = subprocess.run(prefix + [sys.executable, str(Path(__file__).resolve()), "--probe-worker"],
+                              capture_output=True, text=True, cwd=ROOT)
+        runs[cpu] = json.loads(proc.stdout.strip().splitlines()[-1])
+    native = runs["native"]
+    print(f"host flags: {cpu_flags()}\n")
+    print("| CPU (instruction sets numpy detects) | MatMulNBits | activations | output bits differ from native | relative RMS error vs float64 |")
+    print("|---|---|---|---|---:|")
+    for cpu, r in runs.items():
+        avx = "AVX-512" if "AVX512F" in r["cpu_seen"] else "AVX2" if "AVX2" in r["cpu_seen"] else "no AVX2"
+        for bits in (4, 8):
+            for level, what in ((4, "int8 (accuracy 4)"), (0, "fp32 (accuracy 0)")):
+                key = f"bits{bits}_accuracy_{level}"
+                differ = "—" if cpu == "native" else ("yes" if r[key] != native[key] else "no")
+                print(f"| {cpu} ({avx}) | {bits}-bit, block 32 | {what} | {differ} | {r[key + '_rel_rms_error']:.2e} |")
+
+
 def llamacpp(python: str, gguf: str, prompts: list, windows: list, new_tokens: int, threads: int) -> dict:
     job = {"mode": "quality", "model": gguf, "prompts": prompts, "windows": windows, "new_tokens": new_tokens,
            "threads": threads}
@@ -212,10 +233,18 @@ def main() -> None:
     ap.add_argument("--llamacpp", metavar="PYTHON", help="a Python with llama-cpp-python (bench/compare.py's env)")
     ap.add_argument("--gguf", help="the GGUF the packages came from, for --llamacpp")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "isa_quality.json")
+    ap.add_argument("--probe-only", action="store_true", help="only the one-op kernel probe, native and emulated")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--probe-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker.read_text()))))
+        return
+    if args.probe_worker:
+        print(json.dumps({**probe(), "cpu_seen": cpu_seen()}))
+        return
+    if args.probe_only:
+        print_probes(args.emulate)
         return
     if not args.reference or not args.packages:
         ap.error("give one or more PACKAGEs and --reference")
