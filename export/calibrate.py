@@ -42,6 +42,7 @@ CALIBRATION_CHAT = [
 ]
 RATIO = 6.0          # a channel is an outlier when its largest |activation| is this many times the median channel's
 MAX_TOKENS = 384
+SCALED_TO = 0.25     # an outlier channel is scaled to this fraction of the median channel's amax
 
 
 def calibration_ids(tokenizer) -> list[list[int]]:
@@ -67,7 +68,7 @@ def _input_of(module_name: str) -> str | None:
 def activation_outliers(model, tokenizer, max_channels: int) -> dict[str, Outliers]:
     """Per quantised input (each layer's attention and MLP input, and the head's): the channels whose
     calibration amax is at least RATIO times the median channel's, largest first, at most max_channels;
-    each scaled by alpha down to the largest ordinary channel's amax."""
+    each scaled by alpha down to a quarter of the median channel's amax."""
     import torch
 
     amax: dict[str, np.ndarray] = {}
@@ -93,8 +94,10 @@ def activation_outliers(model, tokenizer, max_channels: int) -> dict[str, Outlie
         top = order[:max_channels]
         chosen = top[a[top] >= RATIO * max(float(np.median(a)), 1e-12)]
         if chosen.size:
-            ordinary = float(a[order[len(chosen)]])          # the largest channel left to the int8 kernel
+            # scaled to a quarter of the median channel: below any block's own scale even when an input
+            # is several times larger than calibration saw (the remainder is exact whatever alpha is)
+            target = SCALED_TO * float(np.median(a))
             chosen = np.sort(chosen)
             out[key] = Outliers(channels=chosen.astype(np.int64),
-                                alpha=np.minimum(1.0, ordinary / a[chosen]).astype(np.float32))
+                                alpha=np.minimum(1.0, target / a[chosen]).astype(np.float32))
     return out
