@@ -90,7 +90,8 @@ def worker(job: dict) -> dict:
     (results/isa_cache/), so a killed or repeated run resumes."""
     import hashlib
 
-    key = hashlib.sha256((json.dumps(job, sort_keys=True) + cpu_seen()).encode()).hexdigest()[:16]
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(job["package"]).iterdir())
+    key = hashlib.sha256((json.dumps([job, files], sort_keys=True) + cpu_seen()).encode()).hexdigest()[:16]
     cached = ROOT / "results" / "isa_cache" / f"{key}.json"
     cached.parent.mkdir(parents=True, exist_ok=True)
     lock = cached.with_suffix(".lock")
