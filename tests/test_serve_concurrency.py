@@ -34,6 +34,9 @@ class PacedEngine:
         self.finished: list = []
         self.new_caches = 0
 
+    def __getattr__(self, name):            # the tokenizer, grammars() ... of the real engine
+        return getattr(self.engine, name)
+
     def new_cache(self):
         self.new_caches += 1
         return self.engine.new_cache()
