@@ -295,3 +295,30 @@ def test_training_learns_and_resumes(tmp_path):
     again = train(cfg)
     assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == cfg.steps
     assert again["held_out_bits_per_byte"] == result["held_out_bits_per_byte"]
+
+
+def test_the_tui_chats_with_a_byte_package(byte_package, tmp_path, monkeypatch):
+    """`slm chat` without --plain: the Textual app streams a byte model's reply and shows its budget."""
+    pytest.importorskip("textual")
+    import asyncio
+
+    from runtime import Engine
+    from tests.test_tui import GREEDY, SIZE, send, until
+    from tui.app import ChatApp
+    from tui.store import Store
+    from tui.widgets import Reply, StatusBar
+
+    monkeypatch.setenv("SLM_DATA", str(tmp_path))
+    engine = Engine(byte_package, kv_budget=64, kv_policy="streaming")
+    store = Store(tmp_path / "chats.db")
+
+    async def scenario():
+        app = ChatApp(engine, store, settings=GREEDY)
+        async with app.run_test(size=SIZE) as pilot:
+            await send(pilot, "To be, or not")
+            await until(pilot, lambda: len(store.messages(app.chat.id)) == 2, timeout=60)
+            assert app.query_one(Reply).source == store.messages(app.chat.id)[-1].content
+            stats = app.query_one(StatusBar).stats
+            assert stats.capacity_tokens == engine.capacity and stats.generated_tokens >= 1
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=120))
