@@ -4,8 +4,8 @@ budget of training FLOPs (so the two can be compared at equal compute, as the pa
     python -m megabyte.train --preset megabyte-4m --data input.txt --out runs/mb --flops 1.2e13
     python -m megabyte.train --preset flat-4m     --data input.txt --out runs/flat --flops 1.2e13
 
-The held-out text is the corpus's last 10%. One plain loop: sample windows, `loss.backward()`,
-AdamW with warmup and cosine decay. Resumable: `out/resume.pt` holds the model, the optimiser and the
+The held-out text is the corpus's last 10%. One plain loop: sample windows, `accelerator.backward(loss)`
+(accelerate: the CPU here, GPUs with `accelerate launch`), AdamW with warmup and cosine decay. Resumable: `out/resume.pt` holds the model, the optimiser and the
 step, written every `save_every` steps; rerunning the same command continues. Progress is a tqdm bar
 with its ETA; `out/log.jsonl` has one record per logged step. The checkpoint folder it leaves is
 the folder export reads (export/megabyte.py): `config.json` (the model config, versioned) and
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from tqdm import tqdm
 
 from megabyte.checkpoint import save_checkpoint
@@ -82,7 +83,8 @@ def held_out_bits(model: torch.nn.Module, arr: np.ndarray, seq: int, limit: int 
     model.eval()
     arr = arr[:limit] if limit else arr
     windows = torch.from_numpy(arr[:len(arr) // seq * seq].astype(np.int64)).view(-1, seq)
-    total = sum(loss_bits(model, w[None]).item() for w in windows)
+    device = next(model.parameters()).device
+    total = sum(loss_bits(model, w[None].to(device)).item() for w in windows)
     model.train()
     return total / len(windows)
 
@@ -115,6 +117,9 @@ def train(cfg: TrainConfig) -> dict:
         opt.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]
         step, elapsed = state["step"], state["elapsed"]
+    # accelerate places the model and optimiser (CPU here; `accelerate launch` for GPUs, mixed precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    model, opt = accelerator.prepare(model, opt)
     log = (out / "log.jsonl").open("a")
     per_step = train_flops_per_byte(model_cfg, cfg.seq_bytes) * cfg.batch_size * cfg.seq_bytes
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.preset, unit="step")
@@ -122,10 +127,10 @@ def train(cfg: TrainConfig) -> dict:
     while step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = loss_bits(model, batch(train_arr, cfg.batch_size, cfg.seq_bytes, rng))
+        loss = loss_bits(model, batch(train_arr, cfg.batch_size, cfg.seq_bytes, rng).to(accelerator.device))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
         record = {"step": step, "train_bits_per_byte": round(loss.item(), 4), "lr": opt.param_groups[0]["lr"],
@@ -137,10 +142,12 @@ def train(cfg: TrainConfig) -> dict:
         bar.set_postfix(bits=f"{loss.item():.3f}")
         bar.update()
         if step % cfg.save_every == 0 or step == cfg.steps:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng.bit_generator.state,
+            torch.save({"model": accelerator.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
+                        "rng": rng.bit_generator.state,
                         "step": step, "elapsed": time.perf_counter() - t0, "train_config": asdict(cfg)}, resume)
     bar.close()
     wall = time.perf_counter() - t0
+    model = accelerator.unwrap_model(model)
     save_checkpoint(model, out)
     result = {"preset": cfg.preset, "parameters": count_parameters(model), "steps": cfg.steps,
               "bytes_seen": cfg.steps * cfg.batch_size * cfg.seq_bytes, "train_flops": cfg.steps * per_step,
