@@ -137,9 +137,10 @@ def test_prompt_lookup_under_a_constraint(tiny_package, params):
         assert runs[4] == runs[0]
 
 
+@pytest.mark.parametrize("kv_dtype", ["fp32", "int8"])
 @pytest.mark.parametrize("policy,budget", [("streaming", 64), ("knorm", 64), ("h2o", 64), ("tova", 64), ("snapkv", 64)])
-def test_constraint_holds_while_the_cache_evicts(tiny_package, policy, budget):
-    engine = Engine(tiny_package, threads=1, kv_policy=policy, kv_budget=budget)
+def test_constraint_holds_while_the_cache_evicts(tiny_package, policy, budget, kv_dtype):
+    engine = Engine(tiny_package, threads=1, kv_policy=policy, kv_budget=budget, kv_dtype=kv_dtype)
     schema = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99}, "minItems": 30,
               "maxItems": 30}
     text, events = _run(engine, Constraint.json_schema(schema), max_tokens=200, prompt="Count " * 30)
