@@ -312,6 +312,8 @@ def main() -> None:
         if not path or not Path(path).is_dir():
             raise SystemExit(f"--package {spec!r}: expected NAME=PATH with PATH a package folder")
         every.append(System(name, "slm_engine", "main", path, f"the package at {path}"))
+        if args.systems is not None:
+            args.systems.append(name)           # a row asked for by --package is run
     unknown = set(args.systems or ()) - {s.name for s in every}
     if unknown:
         raise SystemExit(f"unknown systems {sorted(unknown)}; known: {[s.name for s in every]}")
