@@ -38,6 +38,7 @@ from runtime.kv_cache import EvictionConfig, KVCache, parse_budget
 from runtime.sampling import SamplingParams, make_rng, sample
 from runtime.session import open_session
 from runtime.stops import StopMatcher
+from runtime.engine import _common_prefix, _nolock    # the token engine's helpers, shared
 from slm.errors import PackageError, PromptTooLongError, SlmError
 from slm.package import Manifest, read_manifest
 
@@ -380,19 +381,3 @@ def _open(path: Path, provider: str, threads: int | None):
                            f"the package is corrupt, re-export it") from None
     except ort.capi.onnxruntime_pybind11_state.InvalidProtobuf:
         raise PackageError(f"{str(path)!r} is not a valid ONNX model; the package is corrupt, re-export it") from None
-
-
-class _nolock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
