@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field
 
 from runtime import Engine
 from runtime.serve import BackgroundServer, create_app
+from tests.test_serve import MODEL, client, engine, server  # noqa: F401 - the same real server fixtures
 
-MODEL = "tiny-llama"
 
 
 class Person(BaseModel):
@@ -38,22 +38,6 @@ TIME = {"type": "function", "function": {
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_package) -> Engine:
-    return Engine(tiny_package)
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    with BackgroundServer(create_app(engine, model_id=MODEL, max_concurrent=2, max_queue=8)) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60,
-                       http_client=httpx.Client(trust_env=False)) as c:
-        yield c
 
 
 def _calls(reply) -> list[tuple[str, dict]]:
