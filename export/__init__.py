@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from export.architectures import float_weights, rotary_tables, spec_of
-from export.calibrate import activation_outliers
+from export.calibrate import activation_outliers, input_importance
 from export.graph import build_graph
 from export.kv_calibration import calibration_ids, kv_ranges, measure_kv, write_scales
-from export.quantize import NBitsWeight, quantize_rtn
+from export.quantize import NBitsWeight, quantize_fit, quantize_rtn
 from slm.errors import SlmError, SourceError
 from slm.package import (KV_DTYPES, Dimensions, KVLayout, KVVariant, Manifest, QUANT_MODES, Quantization, Rope,
                          read_manifest, write_manifest)
@@ -42,12 +42,33 @@ def _is_linear(name: str) -> bool:
     return name.endswith("_proj.weight") or name == "lm_head.weight"
 
 
-def quantize_weights(weights: dict, mode: str, *, block_size: int = 32, gguf_path: str | None = None,
-                     head_dim: int = 0) -> tuple[dict, Quantization]:
-    """Replace linear (and embedding) weights according to `mode`; return them and the record."""
+BLOCK_SIZE = {"int4": 32, "int8": 32, "compact": 64}   # default block size of each re-quantising mode
+
+
+def quantize_weights(weights: dict, mode: str, *, block_size: int | None = None, gguf_path: str | None = None,
+                     head_dim: int = 0, importance: dict[str, np.ndarray] | None = None) -> tuple[dict, Quantization]:
+    """Replace linear (and embedding) weights according to `mode`; return them and the record.
+    importance: weight name -> (K,) weight of each input channel in the compact fit (input_importance)."""
     if mode in ("fp32", "fp16"):
         return weights, Quantization(mode=mode)
     out = dict(weights)
+    block_size = block_size or BLOCK_SIZE.get(mode, 32)
+    if mode == "compact":
+        # every weight at 4 bits with integer zero points (MatMulNBits' fast layout, no side path); a tied
+        # embedding/head table at 8 bits, as GatherBlockQuantized reads it. From a GGUF this re-quantises
+        # its blocks (the fit is to the GGUF's own values): docs/BENCHMARKS.md, "Compact packages"
+        # the fit weighs each input channel by its calibration mean square (a tied table by the head's input)
+        tied = "lm_head.weight" not in weights
+        importance = importance or {}
+        for name, w in weights.items():
+            if _is_linear(name) or name == "model.embed_tokens.weight":
+                imp = importance.get("lm_head.weight" if name == "model.embed_tokens.weight" and tied else name)
+                out[name] = quantize_fit(w, 8 if tied and name == "model.embed_tokens.weight" else 4, block_size,
+                                         None if imp is None else imp + 1e-6 * float(imp.mean()))
+        return out, Quantization(mode=mode, bits=4, block_size=block_size,
+                                 notes="integer zero points, scales fitted by least squares per block"
+                                       + (", weighted by calibration activations' mean square" if importance else "")
+                                       + ("; tied embedding/head at 8 bits" if tied else ""))
     if mode == "gguf":
         from export.gguf_carry import carry_gguf
         carried, report = carry_gguf(gguf_path, weights, head_dim)
@@ -98,11 +119,13 @@ def _fine_tuned_from_gguf(src) -> str | None:
 
 
 def build_package(source: str | Source | None, out: str | Path, *, quant: str | None = None,
-                  accuracy_level: int = 4, block_size: int = 32, max_positions: int | None = None,
+                  accuracy_level: int = 4, block_size: int | None = None, max_positions: int | None = None,
                   attention_stats: bool = True, model=None, tokenizer=None, overwrite: bool = True,
                   head_topk: int = 0, outliers: int = 8, kv_dtypes: tuple[str, ...] = KV_VARIANTS) -> Manifest:
     """Export `source` into the package folder `out`. `quant=None` picks "gguf" for a GGUF source
-    (its own blocks carried over) and "int4" otherwise. `model`/`tokenizer` skip loading (tests).
+    (its own blocks carried over) and "int4" otherwise; "compact" re-quantises to 4-bit blocks with
+    integer zero points (smaller and faster, not exact). `block_size` None: the mode's BLOCK_SIZE.
+    `model`/`tokenizer` skip loading (tests).
     `outliers`: with int8 activations (accuracy_level 4), up to this many outlier channels per
     quantised input go through an exact fp32 path (export.calibrate; 0 = off).
     kv_dtypes: KV cache dtypes besides fp32 to write graphs for (`--kv-dtype` at run time); an fp16
@@ -132,7 +155,11 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
     weights = float_weights(model, spec)
     rope = rotary_tables(model, spec, max_pos)
     _log(f"{spec.architecture}: {spec.num_layers} layers, hidden {spec.hidden_size}, heads {spec.num_heads}/{spec.num_kv_heads}; quantising ({quant})")
-    weights, qrec = quantize_weights(weights, quant, block_size=block_size,
+    importance = None
+    if quant == "compact":
+        _log("measuring each linear input's activations on the calibration text (export/calibrate.py) for the fit")
+        importance = input_importance(model, tokenizer)
+    weights, qrec = quantize_weights(weights, quant, block_size=block_size, importance=importance,
                                      gguf_path=getattr(src, "path", None), head_dim=spec.head_dim)
     if head_topk and not (spec.tied_embeddings and isinstance(weights["model.embed_tokens.weight"], NBitsWeight)):
         raise SlmError(f"--head-topk {head_topk} needs a tied head stored as 8-bit blocks (quant gguf, int4 or int8 "

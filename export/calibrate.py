@@ -101,3 +101,33 @@ def activation_outliers(model, tokenizer, max_channels: int) -> dict[str, Outlie
             out[key] = Outliers(channels=chosen.astype(np.int64),
                                 alpha=np.minimum(1.0, target / a[chosen]).astype(np.float32))
     return out
+
+
+def input_importance(model, tokenizer) -> dict[str, np.ndarray]:
+    """Per linear layer (its weight's name), the mean square of each input channel over the calibration
+    text: how much an error in that column of the weight moves the output (llama.cpp's importance
+    matrix, on a few hundred tokens). The re-quantising fit (export.quantize.quantize_fit) weighs by it."""
+    import torch
+
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name):
+        def record(_module, inputs):
+            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+            sq = (x * x).sum(0).numpy().astype(np.float64)
+            sums[name] = sums[name] + sq if name in sums else sq
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name.replace("model.language_model.", "model.") + ".weight"))
+               for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        with torch.no_grad():
+            for ids in calibration_ids(tokenizer):
+                model(torch.tensor([ids]))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: (sums[name] / counts[name]).astype(np.float32) for name in sums}
+

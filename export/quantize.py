@@ -3,6 +3,7 @@
 One weight type, `NBitsWeight`, two ways to make it:
 
     quantize_rtn(w, bits, block_size)   round-to-nearest, asymmetric, from float weights
+    quantize_fit(w, bits, block_size)   integer zero points, scale fitted by least squares (compact)
     from_gguf(tensor)                   carry a GGUF tensor's own blocks over unchanged
 
 MatMulNBits computes  Y = A @ W.T  with  W[n, k] = (q[n, k] - zp[n, b]) * scale[n, b],  b = k // block_size.
@@ -110,6 +111,57 @@ def quantize_symmetric(w: np.ndarray, bits: int, block_size: int) -> NBitsWeight
     q = np.clip(np.rint(blocks / scale[..., None]) + half, 0, 2 * half - 1)
     return NBitsWeight(q.astype(np.uint8).reshape(n, k), scale, np.full(scale.shape, float(half), np.float32),
                        bits, block_size, "rtn-symmetric")
+
+
+FIT_STEPS = np.linspace(-1.5, 1.0, 11)     # candidate grids: (max - min) / (2**bits - 1 + step) per block
+FIT_ROWS = 1024                             # rows fitted at a time (bounded temporaries)
+
+
+def quantize_fit(w: np.ndarray, bits: int, block_size: int, importance: np.ndarray | None = None) -> NBitsWeight:
+    """Asymmetric blocks with integer zero points, each block's grid chosen for least squared error:
+    MatMulNBits' fastest layout (uint8 zero points, no side path), at 4 bits and block 64 4.56 bits a
+    weight against 6 for quantize_rtn's float zero points at block 32.
+
+    For each block, as llama.cpp's make_qkx2_quants does: try the min-max grid stretched by each of
+    FIT_STEPS; for each, round to codes q and an integer zero point z, then refit the scale by least
+    squares with q and z fixed, s = sum(i w (q - z)) / sum(i (q - z)^2); keep the candidate with the
+    smallest sum(i (w - s (q - z))^2). `importance` (K,) weights the input channels (e.g. the mean
+    square of their activations, as llama.cpp's imatrix); None weighs them equally.
+    """
+    n, k = w.shape
+    if k % block_size:
+        raise ValueError(f"input size {k} is not a multiple of block_size {block_size}")
+    qmax = 2 ** bits - 1
+    imp = np.ones((1, k // block_size, block_size), np.float32) if importance is None else \
+        np.asarray(importance, np.float32).reshape(1, k // block_size, block_size)
+    q_out = np.empty((n, k), np.uint8)
+    s_out = np.empty((n, k // block_size), np.float32)
+    z_out = np.empty((n, k // block_size), np.uint8)
+    for r in range(0, n, FIT_ROWS):
+        blocks = w[r:r + FIT_ROWS].astype(np.float32).reshape(-1, k // block_size, block_size)
+        lo = np.minimum(blocks.min(-1), 0.0)
+        hi = np.maximum(blocks.max(-1), 0.0)
+        best_err = np.full(lo.shape, np.inf, np.float32)
+        best_s, best_z = np.ones_like(lo), np.zeros(lo.shape, np.float32)
+        best_q = np.zeros(blocks.shape, np.float32)
+        for step in FIT_STEPS:
+            scale = (hi - lo) / (qmax + step)
+            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+            z = np.clip(np.rint(-lo / scale), 0, qmax)
+            q = np.clip(np.rint(blocks / scale[..., None]) + z[..., None], 0, qmax)
+            c = q - z[..., None]
+            den = (imp * c * c).sum(-1)
+            s = np.where(den > 0, (imp * blocks * c).sum(-1) / np.where(den > 0, den, 1.0), scale)
+            err = (imp * (blocks - s[..., None] * c) ** 2).sum(-1)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_s, best_z = np.where(better, s, best_s), np.where(better, z, best_z)
+            best_q = np.where(better[..., None], q, best_q)
+        rows = blocks.shape[0]
+        q_out[r:r + rows] = best_q.reshape(rows, k).astype(np.uint8)
+        s_out[r:r + rows] = np.where(best_s == 0, 1.0, best_s)
+        z_out[r:r + rows] = best_z.astype(np.uint8)
+    return NBitsWeight(q_out, s_out, z_out, bits, block_size, "fit")
 
 
 # --- GGUF ------------------------------------------------------------------------------------------

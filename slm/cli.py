@@ -223,11 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a model source to a package folder")
     p.add_argument("src", help="HF folder, .gguf file, hub id, 'default', or a byte-model checkpoint (python -m megabyte.train)")
     p.add_argument("out", help="package folder to write")
-    p.add_argument("--quant", default=None, choices=["fp32", "fp16", "int8", "int4", "gguf"],
-                   help="default: gguf (carry the GGUF's blocks) for a .gguf source, int4 otherwise")
+    p.add_argument("--quant", default=None, choices=["fp32", "fp16", "int8", "int4", "gguf", "compact"],
+                   help="default: gguf (carry the GGUF's blocks exactly) for a .gguf source, int4 otherwise; compact: "
+                        "4-bit blocks of 64 with integer zero points fitted by least squares (smaller and faster than "
+                        "gguf for K-quant files, not exact; docs/BENCHMARKS.md)")
     p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4],
                    help="MatMulNBits accuracy_level (4: int8 activations, fastest on CPU; see docs/BENCHMARKS.md)")
-    p.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64, 128])
+    p.add_argument("--block-size", type=int, default=None, choices=[16, 32, 64, 128],
+                   help="block of the re-quantising modes (default 32 for int4/int8, 64 for compact)")
     p.add_argument("--max-positions", type=int, default=None, help="rotary table length (default: min(model's, 8192))")
     p.add_argument("--head-topk", type=int, default=0, metavar="K",
                    help="read a tied 8-bit head at 4 bits and re-score its top K logits from the 8-bit table "

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from export.graph import IR_VERSION, MS, OPSET, Graph, linear
-from export.quantize import NBitsWeight, from_gguf, quantize_rtn
+from export.quantize import NBitsWeight, from_gguf, quantize_fit, quantize_rtn
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -61,3 +61,88 @@ def test_every_matmulnbits_form_equals_the_dequantised_matmul(form):
     assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
     if form == "symmetric (Q4_0)":
         assert nodes == 2            # MatMulNBits and the output: no side path, no zero points
+
+
+def _min_max_integer_zero_point(w: np.ndarray, block: int) -> np.ndarray:
+    """The plain grid quantize_fit starts from: min-max scale, integer zero point, round to nearest."""
+    b = w.reshape(w.shape[0], -1, block)
+    lo, hi = np.minimum(b.min(-1), 0), np.maximum(b.max(-1), 0)
+    s = (hi - lo) / 15
+    z = np.clip(np.rint(-lo / s), 0, 15)
+    q = np.clip(np.rint(b / s[..., None]) + z[..., None], 0, 15)
+    return ((q - z[..., None]) * s[..., None]).reshape(w.shape)
+
+
+def test_fit_has_integer_zero_points_and_beats_the_min_max_grid():
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((64, 256)) * 0.02).astype(np.float32)
+    w[:, 7] *= 10                                       # an outlier column, as real weights have
+    fit = quantize_fit(w, 4, 64)
+    assert fit.zero_points.dtype == np.uint8 and fit.zero_points.max() <= 15 and fit.q.max() <= 15
+    assert fit.scales.shape == (64, 4) and fit.block_size == 64
+    fit_err = ((fit.dequantize() - w) ** 2).sum()
+    assert fit_err < 0.95 * ((_min_max_integer_zero_point(w, 64) - w) ** 2).sum()
+    # the same numbers through MatMulNBits (uint8 zero points, block 64): its fast layout is what it is for
+    y, ref, nodes = _run_linear(fit)
+    assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max() and nodes == 2
+
+
+def test_fit_weighs_the_channels_it_is_told_matter():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((32, 128)).astype(np.float32)
+    imp = np.ones(128, np.float32)
+    imp[::8] = 100.0                                    # one channel in eight carries large activations
+    plain, weighted = quantize_fit(w, 4, 64), quantize_fit(w, 4, 64, imp)
+    cost = lambda q: float((imp * (q.dequantize() - w) ** 2).sum())
+    assert cost(weighted) < 0.8 * cost(plain)
+    assert np.abs(weighted.dequantize() - w)[:, ::8].mean() < np.abs(plain.dequantize() - w)[:, ::8].mean()
+
+
+def test_compact_export_is_4_bit_blocks_of_64_with_integer_zero_points(tmp_path, smollm2_tokenizer):
+    """quant "compact": every MatMulNBits at 4 bits, block 64, uint8 zero points, no fp32 side path;
+    its logits are the fitted weights' (against the fp32 package of the same model: a bounded change)."""
+    import onnx
+
+    from export import build_package
+    from runtime import Engine
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama()
+    fp32, compact = tmp_path / "fp32", tmp_path / "compact"
+    build_package(None, fp32, quant="fp32", model=model, tokenizer=smollm2_tokenizer, attention_stats=False, kv_dtypes=())
+    man = build_package(None, compact, quant="compact", model=model, tokenizer=smollm2_tokenizer,
+                        attention_stats=False, kv_dtypes=(), accuracy_level=0)
+    assert (man.quant.mode, man.quant.bits, man.quant.block_size) == ("compact", 4, 64)
+    assert "weighted by calibration" in man.quant.notes
+    graph = onnx.load(str(compact / "model.onnx"), load_external_data=False).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    attrs = {n.name: {a.name: a.i for a in n.attribute} for n in nbits}
+    assert all(a["block_size"] == 64 for a in attrs.values())
+    layers = {k: a for k, a in attrs.items() if k.startswith("model.layers.")}
+    assert layers and all(a["bits"] == 4 for a in layers.values())
+    assert attrs["embed"]["bits"] == 8                 # the tied table, read by GatherBlockQuantized too
+    assert all(len(n.input) >= 4 and n.input[3] for n in nbits)            # uint8 zero points bound
+    assert not [t for t in graph.initializer if "block_offsets" in t.name]     # no side path
+    # the graph computes exactly the fitted weights (accuracy_level 0): PyTorch with them swapped in
+    import copy
+
+    import torch
+
+    from export import quantize_weights
+    from export.architectures import float_weights, spec_of
+    from export.calibrate import input_importance
+    from tests.test_export_parity import graph_logits
+    fitted, _ = quantize_weights(float_weights(model, spec_of(model.config, 512)), "compact",
+                                 importance=input_importance(model, smollm2_tokenizer))
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        params = dict(ref.named_parameters())
+        for name, w in fitted.items():
+            if hasattr(w, "dequantize"):
+                params[name].copy_(torch.from_numpy(w.dequantize()))
+    ids = np.array([smollm2_tokenizer("The library opened on the corner of Elm Street").input_ids])
+    got = graph_logits(compact, ids)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+    assert np.abs(got - graph_logits(fp32, ids)).max() > 1e-3 * np.abs(want).max()   # and it did re-quantise
