@@ -91,6 +91,8 @@ def systems() -> list[System]:
 
     return [
         slm("slm int4", default_package(), "GGUF Q4_1 blocks carried (embedding Q8_0), accuracy_level 4", "gguf:4"),
+        slm("slm compact", pk / "bench-compact", "the Q4_1 GGUF re-quantised by `--quant compact`: 4-bit blocks of 64, "
+            "integer zero points, importance-weighted fit; tied table at 8 bits; accuracy_level 4", "compact:4"),
         slm("slm int4 topk", pk / "bench-gguf-topk32", "as slm int4, the tied head read at 4 bits and its top 32 logits "
             "re-scored from the Q8_0 table (export --head-topk 32)", "gguf:4", head_topk=32),
         slm("slm int4 RTN", pk / "bench-int4-rtn", "int4 RTN block 32, float zero points on each block's min-max (side path), 8-bit embedding", "int4:4"),
@@ -115,6 +117,9 @@ def systems() -> list[System]:
         # llama.cpp reads the same file, genai builds int4 from the HF folder transformers makes of that GGUF
         slm("slm 1.5B Q4_K_M", QWEN_PACKAGE, "Qwen2.5-Coder-1.5B GGUF Q4_K_M blocks carried, accuracy_level 4",
             "gguf:4", source=str(QWEN_GGUF), family="qwen1.5b"),
+        slm("slm 1.5B compact", pk / "qwen2.5-coder-1.5b-compact", "the Q4_K_M GGUF re-quantised by `--quant compact`: "
+            "4-bit blocks of 64, integer zero points, importance-weighted fit, accuracy_level 4", "compact:4",
+            source=str(QWEN_GGUF), family="qwen1.5b"),
         System("llama.cpp 1.5B Q4_K_M", "llamacpp", "llamacpp", str(QWEN_GGUF), "the Q4_K_M GGUF", family="qwen1.5b"),
         System("genai int4 1.5B", "genai", "genai", str(b / "genai-int4-qwen1.5b"), "its builder: -p int4 -e cpu",
                {"model": str(b / "qwen2.5-coder-1.5b-hf"), "variant": "int4"}, family="qwen1.5b"),
@@ -253,7 +258,9 @@ def ratios(summary: list[dict]) -> list[str]:
     med = {(e["system"], e["prompt_len"]): e for e in summary if e["decode_tps"]}
     lines = []
     pairs = {"slm int4": ("genai int4", "llama.cpp Q4_1", "llama.cpp Q4_0"),
-             "slm 1.5B Q4_K_M": ("llama.cpp 1.5B Q4_K_M", "genai int4 1.5B")}
+             "slm compact": ("llama.cpp Q4_1", "llama.cpp Q4_0", "genai int4"),
+             "slm 1.5B Q4_K_M": ("llama.cpp 1.5B Q4_K_M", "genai int4 1.5B"),
+             "slm 1.5B compact": ("llama.cpp 1.5B Q4_K_M", "genai int4 1.5B")}
     for n in sorted({e["prompt_len"] for e in summary}):
         for mine, peers in pairs.items():
             me = med.get((mine, n))
