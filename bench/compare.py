@@ -9,8 +9,7 @@ note; bench/peers/*.py say how each is driven). Every measurement is a fresh pro
 run's own), on the same prompt token ids, the same number of new greedy tokens (end-of-sequence
 ignored) and the same thread count; runs are interleaved (the order of systems rotates each repeat)
 and the table shows medians with min-max spread. Writes OUT.json and OUT.png (--out; default
-docs/bench/compare); the committed runs are docs/bench/compare-*.json, each with its command in
-docs/BENCHMARKS.md.
+results/bench/compare, an ignored folder); docs/BENCHMARKS.md holds each run's table with its command.
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ PEERS = ROOT / "bench" / "peers"
 VENVS = ROOT / ".bench-venvs"
 HAYSTACK = ROOT.parent / "shared" / "data" / "haystack-tinyshakespeare" / "input.txt"
 PROMPT_OFFSET = 50_000          # prompts start here in the haystack; bench/quality.py scores text after it
-OUT = ROOT / "docs" / "bench"
+OUT = ROOT / "results" / "bench"      # raw runs; docs/ holds their tables
 QWEN_GGUF = Path.home() / ".cache" / "slm" / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 QWEN_PACKAGE = Path.home() / ".cache" / "slm" / "packages" / "qwen2.5-coder-1.5b"
 

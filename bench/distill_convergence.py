@@ -5,7 +5,7 @@ with paired bootstrap 95% intervals (the table of docs/DISTILL.md "Results").
         --store palm=runs/svamp_palm.jsonl --store qwen=/work/jobs/distill/svamp-train-qwen2.5-coder-1.5b.jsonl \\
         -- --steps 3000 --val-size 80 --eval-every 50 --patience 5 --save-every 50 --batch-size 8 --lr 1e-4
     python bench/distill_convergence.py table --task svamp --out runs/conv \\
-        --teacher-store qwen=/work/jobs/distill/svamp-test-qwen2.5-coder-1.5b.jsonl --plot docs/distill/curves.png
+        --teacher-store qwen=/work/jobs/distill/svamp-test-qwen2.5-coder-1.5b.jsonl --plot results/distill/curves.png
 
 `run` makes one cell per arm and seed, each a fresh `python -m distill` process: `untrained` (the
 student as it starts, scored once), `standard` (gold labels only) and `step-by-step:<NAME>` for each

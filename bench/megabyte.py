@@ -76,7 +76,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--decode-bytes", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=str(ROOT / "docs" / "bench" / "megabyte"))
+    p.add_argument("--out", default=str(ROOT / "results" / "bench" / "megabyte"))
     args = p.parse_args()
 
     from tokenizers import Tokenizer

@@ -7,7 +7,7 @@ Agreement: for each prompt (Tiny Shakespeare slices and chat-template prompts), 
 32 greedy tokens match transformers fp32 before the first difference. Perplexity: exp(mean NLL) over
 windows of held-out Tiny Shakespeare (the end of the file; compare.py's prompts come from its start),
 scored one token at a time by peers that only give the last logits. Same token ids for everyone.
-Writes docs/bench/quality.json.
+Writes results/bench/quality.json (--out).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """NAMM against the hand-made policies on task types and haystacks it was not evolved on.
 
-    python -m evolve.heldout --model PACKAGE --out docs/namm/smollm2-135m
+    python -m evolve.heldout --model PACKAGE --out results/namm/smollm2-135m
 
 Probe groups (seeded; instances never seen in training, whose seed is 0):
     heldout_tasks     niah_multivalue (repeated, shakespeare), common_words (word list)

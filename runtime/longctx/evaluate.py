@@ -143,7 +143,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--longeval", nargs="*", default=["200:4"], metavar="LINES:N", help="LongEval line-retrieval cases")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="docs/longctx", help="folder for results.json, table.md, plot.png")
+    p.add_argument("--out", default="results/longctx", help="folder for results.json, table.md, plot.png")
     p.add_argument("--kv-dtype", default=None, metavar="fp32|fp16|int8|int4",
                    help="KV cache storage of every cell (default: the package's); KV MiB counts at it")
     p.add_argument("--cell", nargs=3, metavar=("PACKAGE", "POLICY", "BUDGET"), help=argparse.SUPPRESS)
