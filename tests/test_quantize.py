@@ -146,3 +146,22 @@ def test_compact_export_is_4_bit_blocks_of_64_with_integer_zero_points(tmp_path,
         want = ref(torch.from_numpy(ids)).logits.numpy()
     assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
     assert np.abs(got - graph_logits(fp32, ids)).max() > 1e-3 * np.abs(want).max()   # and it did re-quantise
+
+
+def test_fp32_twin_is_the_package_at_accuracy_0(tmp_path, smollm2_tokenizer):
+    """bench/fp32_twin.py (the reference of quality benchmarks for carried packages): every MatMulNBits
+    at accuracy_level 0; its logits equal those of the package exported that way."""
+    from bench.fp32_twin import twin
+    from export import build_package
+    from tests.conftest import tiny_llama
+    from tests.test_export_parity import graph_logits
+
+    model = tiny_llama()
+    fast, slow = tmp_path / "acc4", tmp_path / "acc0"
+    for out, level in ((fast, 4), (slow, 0)):
+        build_package(None, out, quant="int4", model=model, tokenizer=smollm2_tokenizer, attention_stats=False,
+                      kv_dtypes=(), accuracy_level=level, outliers=0)
+    made = twin(fast, tmp_path / "twin")
+    ids = np.array([smollm2_tokenizer("The new library opened on the corner").input_ids])
+    assert np.array_equal(graph_logits(made, ids), graph_logits(slow, ids))
+    assert not np.array_equal(graph_logits(fast, ids), graph_logits(slow, ids))   # int8 activations do differ
