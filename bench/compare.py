@@ -34,6 +34,8 @@ PROMPT_OFFSET = 50_000          # prompts start here in the haystack; bench/qual
 OUT = ROOT / "results" / "bench"      # raw runs; docs/ holds their tables
 QWEN_GGUF = Path.home() / ".cache" / "slm" / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 QWEN_PACKAGE = Path.home() / ".cache" / "slm" / "packages" / "qwen2.5-coder-1.5b"
+OV_INT4 = ("optimum-cli export openvino --weight-format int4 (NNCF data-free: int4 asym, group 128, ratio 1.0, "
+           "embedding and head int8_asym); CPU plugin defaults")
 
 
 def bench_dir() -> Path:
@@ -121,6 +123,13 @@ def systems() -> list[System]:
             source=str(QWEN_GGUF), family="qwen1.5b"),
         System("llama.cpp 1.5B Q4_K_M", "llamacpp", "llamacpp", str(QWEN_GGUF), "the Q4_K_M GGUF", family="qwen1.5b"),
         System("genai int4 1.5B", "genai", "genai", str(b / "genai-int4-qwen1.5b"), "its builder: -p int4 -e cpu",
+               {"model": str(b / "qwen2.5-coder-1.5b-hf"), "variant": "int4"}, family="qwen1.5b"),
+        # OpenVINO GenAI on IR that optimum-intel exports from the same HF folders (bench/peers/ov_genai.py):
+        # optimum-intel's default int4 config (asym, group 128, ratio 1.0, embedding and head int8_asym); SmolLM2's
+        # 576-channel layers are not a multiple of 128, so they take group 64 (--group-size-fallback adjust)
+        System("openvino int4", "ov_genai", "openvino", str(b / "openvino-int4"), OV_INT4 + "; 576-channel inputs group 64 "
+               "(--group-size-fallback adjust)", {"model": hf, "variant": "int4", "args": ["--group-size-fallback", "adjust"]}),
+        System("openvino 1.5B int4", "ov_genai", "openvino", str(b / "openvino-int4-qwen1.5b"), OV_INT4,
                {"model": str(b / "qwen2.5-coder-1.5b-hf"), "variant": "int4"}, family="qwen1.5b"),
         System("optimum fp32", "optimum_ort", "optimum", str(b / "optimum-fp32"), "its ONNX export, fp32", {"model": hf, "variant": "fp32"}),
         System("transformers fp32", "hf_eager", "main", hf, "fp32, eager attention"),
@@ -255,6 +264,7 @@ def markdown(summary: list[dict]) -> str:
 def ratios(summary: list[dict]) -> list[str]:
     """slm int4 (and the 1.5B) against the peers the issue sets targets for, per prompt length (median over median)."""
     med = {(e["system"], e["prompt_len"]): e for e in summary if e["decode_tps"]}
+    openvino = {"slm int4": ("openvino int4",), "slm 1.5B Q4_K_M": ("openvino 1.5B int4",)}    # OpenVINO GenAI, same bits
     lines = []
     pairs = {"slm int4": ("genai int4", "llama.cpp Q4_1", "llama.cpp Q4_0"),
              "slm compact": ("llama.cpp Q4_1", "llama.cpp Q4_0", "genai int4"),
@@ -263,7 +273,7 @@ def ratios(summary: list[dict]) -> list[str]:
     for n in sorted({e["prompt_len"] for e in summary}):
         for mine, peers in pairs.items():
             me = med.get((mine, n))
-            for peer in peers if me else ():
+            for peer in peers + openvino.get(mine, ()) if me else ():
                 p = med.get((peer, n))
                 if p:
                     lines.append(f"prompt {n}: {mine} / {peer}: decode {me['decode_tps']['median'] / p['decode_tps']['median']:.2f}x, "
