@@ -264,7 +264,8 @@ def markdown(summary: list[dict]) -> str:
 def ratios(summary: list[dict]) -> list[str]:
     """slm int4 (and the 1.5B) against the peers the issue sets targets for, per prompt length (median over median)."""
     med = {(e["system"], e["prompt_len"]): e for e in summary if e["decode_tps"]}
-    openvino = {"slm int4": ("openvino int4",), "slm 1.5B Q4_K_M": ("openvino 1.5B int4",)}    # OpenVINO GenAI, same bits
+    openvino = {"slm int4": ("openvino int4",), "slm compact": ("openvino int4",),      # OpenVINO GenAI, same bits
+                "slm 1.5B Q4_K_M": ("openvino 1.5B int4",), "slm 1.5B compact": ("openvino 1.5B int4",)}
     lines = []
     pairs = {"slm int4": ("genai int4", "llama.cpp Q4_1", "llama.cpp Q4_0"),
              "slm compact": ("llama.cpp Q4_1", "llama.cpp Q4_0", "genai int4"),
