@@ -189,6 +189,20 @@ def test_unenforceable_keyword_is_named(engine, keyword, schema):
     assert e.value.keyword == keyword
 
 
+@pytest.mark.parametrize("schema,where", [
+    ({"type": "object", "properties": {"a": {"type": "object", "properties": {"b/c": {"type": "strin"}}}}},
+     "#/properties/a/properties/b~1c: Invalid type: strin"),
+    ({"anyOf": [{"type": "string"}, {"type": "array", "prefixItems": [{"type": "null"}, {"minimum": "x"}]}]},
+     "#/anyOf/1/prefixItems/1: Expected f64 for 'minimum'"),
+    ({"$defs": {"P": {"type": "intger"}}, "properties": {"p": {"$ref": "#/$defs/P"}}}, "#/$defs/P: Invalid type"),
+    ({"properties": {"enum": {"type": "string", "pattern": "[a-"}}}, "#/properties/enum: regex parse error"),
+    ({"type": "strin"}, "#: Invalid type: strin"),
+])
+def test_a_bad_schema_error_points_at_the_failing_subschema(engine, schema, where):
+    with pytest.raises(ConstraintError, match="does not compile at " + re.escape(where)):
+        engine.grammars().check(Constraint.json_schema(schema))
+
+
 def test_padded_vocabulary_never_allows_ids_past_the_tokenizer(engine):
     """The logits may be wider than the tokenizer (a padded embedding table)."""
     from runtime.constraint import Grammars

@@ -33,9 +33,9 @@ from runtime.sampling import SamplingParams
 from runtime.serve.errors import ApiError, error_body, install_handlers, validation_error
 from runtime.serve.formats import ChatFormat, CompletionFormat, sse
 from runtime.serve.metrics import CONTENT_TYPE, Metrics
-from runtime.serve.schemas import ChatCompletionRequest, CompletionRequest
+from runtime.serve.schemas import ChatCompletionRequest, CompletionRequest, ResponseFormat, Tool
 from runtime.serve.slots import QueueFullError, SlotPool
-from runtime.serve.tools import ReplyReader, ToolPlan, tag_grammar
+from runtime.serve.tools import ReplyReader, ToolPlan, reply_schema, tag_grammar
 from runtime.serve.worker import Generation, GenerationJob
 from slm.errors import PromptTooLongError, SlmError
 
@@ -162,7 +162,7 @@ async def chat_completions(request: Request) -> Response:
     _check_request(state, body)
     plan = ToolPlan.of(body, state.engine.manifest.chat_template, tag_grammar(state.engine.tokenizer))
     if plan.constraint is not None or body.tools:
-        await _check_constraint(state, plan, body)
+        await _check_constraint(state, plan.constraint, tools=body.tools, response_format=body.response_format)
     job = GenerationJob(prompt=plan.messages, raw=False, params=_sampling(body), stop=body.stops(),
                         max_tokens=_max_tokens(state, body.token_limit(), default=state.context_tokens),
                         constraint=plan.constraint, tools=plan.template_tools)
@@ -176,8 +176,12 @@ async def completions(request: Request) -> Response:
     state = _state(request)
     body = _parse(CompletionRequest, await read_json(request))
     _check_request(state, body)
+    schema = reply_schema(body.response_format)
+    constraint = Constraint.json_schema(schema) if schema is not None else None
+    if constraint is not None:
+        await _check_constraint(state, None, tools=None, response_format=body.response_format)
     job = GenerationJob(prompt=body.text(), raw=True, params=_sampling(body), stop=body.stops(),
-                        max_tokens=_max_tokens(state, body.token_limit(), default=16))
+                        max_tokens=_max_tokens(state, body.token_limit(), default=16), constraint=constraint)
     return await _respond(request, state, job=job, fmt=CompletionFormat(model=state.model_id), stream=body.stream,
                           include_usage=body.include_usage(), prompt_param="prompt", reader=ReplyReader(calls=False))
 
@@ -259,24 +263,26 @@ def _check_request(state: ServeState, body: ChatCompletionRequest | CompletionRe
         raise ApiError(status=400, param=bad[0], message=bad[1])
 
 
-async def _check_constraint(state: ServeState, plan: ToolPlan, body: ChatCompletionRequest) -> None:
-    """Compile each tool's parameters and the request's grammar off the event loop; a 400 names the
-    field and what is wrong (every tool is checked, whatever tool_choice says)."""
+async def _check_constraint(state: ServeState, constraint: Constraint | None, *, tools: list[Tool] | None,
+                            response_format: ResponseFormat | None) -> None:
+    """Compile each tool's parameters, the response_format's schema and the request's whole grammar
+    off the event loop; a 400 names the field and where in it what is wrong (every tool is checked,
+    whatever tool_choice says)."""
     grammars = await asyncio.to_thread(state.engine.grammars)
+    reply = reply_schema(response_format)
+    parts = [(f"tools.{i}.function.parameters", Constraint.json_schema(t.function.parameters or {"type": "object"}))
+             for i, t in enumerate(tools or ())]
+    if reply is not None:
+        parts.append(("response_format.json_schema.schema" if response_format.type == "json_schema"
+                      else "response_format", Constraint.json_schema(reply)))
+    if constraint is not None and constraint not in [c for _, c in parts]:     # the tool grammar around them
+        parts.append(("tools" if reply is None else parts[-1][0], constraint))
 
     def check() -> None:
-        for i, tool in enumerate(body.tools or ()):
+        for param, part in parts:
             try:
-                grammars.check(Constraint.json_schema(tool.function.parameters or {"type": "object"}))
+                grammars.check(part)
             except ConstraintError as e:
-                raise ApiError(status=400, param=f"tools.{i}.function.parameters", message=str(e)) from None
-        if plan.constraint is not None:
-            try:
-                grammars.check(plan.constraint)
-            except ConstraintError as e:
-                rf = body.response_format
-                param = "tools" if rf is None or rf.type == "text" else \
-                    "response_format.json_schema.schema" if rf.type == "json_schema" else "response_format"
                 raise ApiError(status=400, param=param, message=str(e)) from None
     await asyncio.to_thread(check)
 
