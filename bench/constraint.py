@@ -145,23 +145,41 @@ def unfenced(text: str) -> str:
     return m.group(1) if m else text
 
 
-def validity(engine: Engine, n: int, max_tokens: int, replies: Path | None) -> dict[str, tuple[int, int, int, int, float]]:
-    """Per mode: (valid, valid once a code fence is stripped, cut at max_tokens, prompts, tokens/s)."""
-    rows, out = {}, replies.open("w") if replies else None
-    for label, c in (("without constraint", None), ("with constraint", GRAMMARS["json person"])):
-        ok, fenced, cut, tokens, t = 0, 0, 0, 0, time.perf_counter()
+MODES = {"without": ("without constraint", None), "with": ("with constraint", "json person")}
+
+
+def validity(engine: Engine, n: int, max_tokens: int, replies: Path | None,
+             modes: list[str]) -> dict[str, tuple[int, int, int, int, float]]:
+    """Per mode: (valid, valid once a code fence is stripped, cut at max_tokens, prompts, tokens/s).
+    With `replies`, each reply is appended there as it comes and a rerun skips those already there
+    (resumable); the counts are over the file's records."""
+    done = {}
+    if replies and replies.exists():
+        for line in replies.read_text().splitlines():
+            r = json.loads(line)
+            done[r["mode"], r["prompt"]] = r
+    out = replies.open("a") if replies else None
+    rows = {}
+    for mode in modes:
+        label, grammar = MODES[mode]
+        records = []
         for i, p in enumerate(prompts(n)):
-            events = list(engine.generate(p, max_tokens=max_tokens, constraint=c, cache=engine.new_cache()))
+            if (label, i) in done:
+                records.append(done[label, i])
+                continue
+            t = time.perf_counter()
+            events = list(engine.generate(p, max_tokens=max_tokens, constraint=grammar and GRAMMARS[grammar],
+                                          cache=engine.new_cache()))
             text = "".join(e.text for e in events)
-            ok += valid(text)
-            fenced += valid(unfenced(text))
-            cut += events[-1].finish_reason == "length"
-            tokens += events[-1].generated_tokens
+            records.append({"mode": label, "prompt": i, "valid": valid(text), "finish": events[-1].finish_reason,
+                            "tokens": events[-1].generated_tokens, "seconds": time.perf_counter() - t, "reply": text})
             if out:
-                out.write(json.dumps({"mode": label, "prompt": i, "valid": valid(text), "finish": events[-1].finish_reason,
-                                      "reply": text}, ensure_ascii=False) + "\n")
+                out.write(json.dumps(records[-1], ensure_ascii=False) + "\n")
                 out.flush()
-        rows[label] = (ok, fenced, cut, n, tokens / (time.perf_counter() - t))
+        timed = [r for r in records if "seconds" in r]
+        rows[label] = (sum(valid(r["reply"]) for r in records), sum(valid(unfenced(r["reply"])) for r in records),
+                       sum(r["finish"] == "length" for r in records), n,
+                       sum(r["tokens"] for r in timed) / max(1e-9, sum(r["seconds"] for r in timed)))
     return rows
 
 
@@ -172,7 +190,9 @@ def main() -> None:
     ap.add_argument("--validity", type=int, default=50, help="prompts for the JSON-validity rate (0: skip)")
     ap.add_argument("--validity-tokens", type=int, default=128, help="max_tokens of each validity reply")
     ap.add_argument("--validity-packages", nargs="*", default=None, help="default: the first package only")
-    ap.add_argument("--replies", type=Path, default=None, help="write the validity replies here (JSONL)")
+    ap.add_argument("--replies", type=Path, default=None,
+                    help="append the validity replies here (JSONL); a rerun resumes, skipping those there")
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="validity runs, in this order")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     for package in args.packages:
@@ -194,7 +214,7 @@ def main() -> None:
             print(f"\n| {args.validity} prompts, greedy, max {args.validity_tokens} tokens | valid JSON (schema) | "
                   f"valid once a code fence is stripped | cut at max_tokens | tokens/s |\n|---|---:|---:|---:|---:|")
             for label, (ok, fenced, cut, total, tps) in validity(engine, args.validity, args.validity_tokens,
-                                                                 args.replies).items():
+                                                                 args.replies, args.modes).items():
                 print(f"| {label} | {ok}/{total} ({100 * ok / total:.0f}%) | {fenced}/{total} | {cut} | {tps:.1f} |")
         sys.stdout.flush()
 
