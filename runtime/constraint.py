@@ -191,8 +191,10 @@ class Guide:
         return self.matcher.validate_tokens([token]) == 1
 
     def refused(self, token: int) -> ConstraintError:
-        return ConstraintError(f"the grammar forces the text of token {token}, an added token that llguidance "
-                               f"only matches as a token: in a Lark grammar write it as <[{token}]>")
+        return ConstraintError(f"every token the grammar's mask allows next (the last tried: {token}) is refused by its "
+                               f"parser, so the reply cannot go on; seen with an added token whose text the grammar "
+                               f"forces (write it as <[{token}]> in a Lark grammar), and once in the fuzz with a byte "
+                               f"token under a generated schema")
 
     def consume(self, token: int) -> None:
         if not self.matcher.consume_token(token):

@@ -168,6 +168,7 @@ async def chat_completions(request: Request) -> Response:
                         constraint=plan.constraint, tools=plan.template_tools)
     return await _respond(request, state, job=job, fmt=ChatFormat(model=state.model_id), stream=body.stream,
                           include_usage=body.include_usage(), prompt_param="messages",
+                          constraint_param=_constraint_param(body.response_format),
                           reader=ReplyReader(calls=plan.calls))
 
 
@@ -183,7 +184,8 @@ async def completions(request: Request) -> Response:
     job = GenerationJob(prompt=body.text(), raw=True, params=_sampling(body), stop=body.stops(),
                         max_tokens=_max_tokens(state, body.token_limit(), default=16), constraint=constraint)
     return await _respond(request, state, job=job, fmt=CompletionFormat(model=state.model_id), stream=body.stream,
-                          include_usage=body.include_usage(), prompt_param="prompt", reader=ReplyReader(calls=False))
+                          include_usage=body.include_usage(), prompt_param="prompt", reader=ReplyReader(calls=False),
+                          constraint_param=_constraint_param(body.response_format))
 
 
 # --- reading and checking a request ------------------------------------------------------------------
@@ -313,7 +315,8 @@ def _model_card(state: ServeState) -> dict:
 
 # --- generating --------------------------------------------------------------------------------------
 async def _respond(request: Request, state: ServeState, *, job: GenerationJob, fmt: ChatFormat | CompletionFormat,
-                   stream: bool, include_usage: bool, prompt_param: str, reader: ReplyReader) -> Response:
+                   stream: bool, include_usage: bool, prompt_param: str, reader: ReplyReader,
+                   constraint_param: str = "tools") -> Response:
     cancel = threading.Event()
     streaming = False       # once the event stream is returned, it owns `cancel` and calls _finish
     watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
@@ -331,7 +334,7 @@ async def _respond(request: Request, state: ServeState, *, job: GenerationJob, f
         try:
             first = await anext(batches, None)      # a bad prompt raises here, before any byte is sent
         except (SlmError, ValueError) as e:
-            raise _engine_error(e, prompt_param) from None
+            raise _engine_error(e, prompt_param, constraint_param) from None
         if first is None:                           # the client left while waiting in line
             return Response(status_code=499)
         if stream:
@@ -340,8 +343,11 @@ async def _respond(request: Request, state: ServeState, *, job: GenerationJob, f
             return _EventStream(_stream(generation, batches, first, fmt=fmt, include_usage=include_usage,
                                         reader=reader), on_close=lambda: _finish(state, cancel))
         texts = ["".join(e.text for e in first)]
-        async for batch in batches:
-            texts.append("".join(e.text for e in batch))
+        try:
+            async for batch in batches:
+                texts.append("".join(e.text for e in batch))
+        except ConstraintError as e:        # nothing is sent yet: still a 400, not a 500
+            raise _engine_error(e, prompt_param, constraint_param) from None
         last = generation.last
         shown = reader.feed("".join(texts))
         rest, calls, finish = reader.finish(last.finish_reason)
@@ -415,7 +421,15 @@ async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> No
     cancel.set()
 
 
-def _engine_error(e: Exception, prompt_param: str) -> ApiError:
+def _constraint_param(rf: ResponseFormat | None) -> str:
+    """The field a grammar that fails while decoding came from."""
+    return "tools" if rf is None or rf.type == "text" else \
+        "response_format.json_schema.schema" if rf.type == "json_schema" else "response_format"
+
+
+def _engine_error(e: Exception, prompt_param: str, constraint_param: str = "tools") -> ApiError:
+    if isinstance(e, ConstraintError):      # the grammar, not the prompt (runtime.constraint.Guide.refused)
+        return ApiError(status=400, param=constraint_param, message=str(e))
     if isinstance(e, PromptTooLongError):
         return ApiError(status=400, param=prompt_param, code="context_length_exceeded", message=str(e))
     return ApiError(status=400, param=prompt_param, message=str(e))
