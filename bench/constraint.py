@@ -1,8 +1,8 @@
-"""Constrained decoding benchmark: the mask's cost per token, compile times, JSON validity with and
-without the constraint, and unconstrained decode speed before and after the change (A/B).
+"""Constrained decoding benchmark: the mask's cost per token, compile times, and JSON validity with
+and without the constraint.
 
-    python bench/constraint.py --packages /tmp/smollm2 ~/.cache/slm/packages/qwen2.5-coder-1.5b
-    python bench/constraint.py --packages /tmp/smollm2 --validity 50 --ab-rounds 8
+    python bench/constraint.py --packages ~/.cache/slm/packages/smollm2-135m-instruct-gguf ~/.cache/slm/packages/qwen2.5-coder-1.5b
+    python bench/constraint.py --packages PACKAGE --validity 50 --validity-tokens 128 --replies results/r.jsonl
 
 - mask µs/token: the tokens of real constrained replies replayed through fresh guides, each part of a
   step timed alone: llguidance's mask into a bit array, the bits onto the logits (-inf), the parser's
@@ -10,18 +10,16 @@ without the constraint, and unconstrained decode speed before and after the chan
 - compile ms: the tokenizer (once per engine) and each grammar (check + matcher, per request);
 - validity: `json.loads` + jsonschema over `--validity` prompts asking for a JSON object, greedy,
   with and without `constraint=` (no fence stripping: the reply is the JSON or it is not);
-- A/B: decode tokens/s of the engine at the branch's base commit (`--base`, loaded from git) and of
-  this engine with constraint=None, interleaved round by round on the same prompt. Prints tables.
+  the replies can be written out (`--replies results/x.jsonl`) to see what the failures hold.
+Prints markdown tables. The A/B of unconstrained decode speed is bench/constraint_ab.py.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import jsonschema  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runtime import Engine, SamplingParams  # noqa: E402
+from runtime import Engine  # noqa: E402
 from runtime.constraint import Constraint, Grammars, Guide  # noqa: E402
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city", "hobbies"],
@@ -141,56 +139,60 @@ def compile_times(engine: Engine) -> dict[str, float]:
     return out
 
 
-def validity(engine: Engine, n: int) -> dict[str, tuple[int, int, int, float]]:
+def unfenced(text: str) -> str:
+    """The reply without a surrounding Markdown code fence (```json ... ```), for the diagnosis column only."""
+    m = re.fullmatch(r"\s*```[a-zA-Z]*\n(.*?)\n?```\s*", text, re.S)
+    return m.group(1) if m else text
+
+
+MODES = {"without": ("without constraint", None), "with": ("with constraint", "json person")}
+
+
+def validity(engine: Engine, n: int, max_tokens: int, replies: Path | None,
+             modes: list[str]) -> dict[str, tuple[int, int, int, int, float]]:
+    """Per mode: (valid, valid once a code fence is stripped, cut at max_tokens, prompts, tokens/s).
+    With `replies`, each reply is appended there as it comes and a rerun skips those already there
+    (resumable); the counts are over the file's records."""
+    done = {}
+    if replies and replies.exists():
+        for line in replies.read_text().splitlines():
+            r = json.loads(line)
+            done[r["mode"], r["prompt"]] = r
+    out = replies.open("a") if replies else None
     rows = {}
-    for label, c in (("without constraint", None), ("with constraint", GRAMMARS["json person"])):
-        ok, cut, tokens, t = 0, 0, 0, time.perf_counter()
-        for p in prompts(n):
-            events = list(engine.generate(p, max_tokens=128, constraint=c, cache=engine.new_cache()))
-            ok += valid("".join(e.text for e in events))
-            cut += events[-1].finish_reason == "length"
-            tokens += events[-1].generated_tokens
-        rows[label] = (ok, cut, n, tokens / (time.perf_counter() - t))
+    for mode in modes:
+        label, grammar = MODES[mode]
+        records = []
+        for i, p in enumerate(prompts(n)):
+            if (label, i) in done:
+                records.append(done[label, i])
+                continue
+            t = time.perf_counter()
+            events = list(engine.generate(p, max_tokens=max_tokens, constraint=grammar and GRAMMARS[grammar],
+                                          cache=engine.new_cache()))
+            text = "".join(e.text for e in events)
+            records.append({"mode": label, "prompt": i, "valid": valid(text), "finish": events[-1].finish_reason,
+                            "tokens": events[-1].generated_tokens, "seconds": time.perf_counter() - t, "reply": text})
+            if out:
+                out.write(json.dumps(records[-1], ensure_ascii=False) + "\n")
+                out.flush()
+        timed = [r for r in records if "seconds" in r]
+        rows[label] = (sum(valid(r["reply"]) for r in records), sum(valid(unfenced(r["reply"])) for r in records),
+                       sum(r["finish"] == "length" for r in records), n,
+                       sum(r["tokens"] for r in timed) / max(1e-9, sum(r["seconds"] for r in timed)))
     return rows
-
-
-def base_engine_class(base: str):
-    """Engine as of commit `base` (the old path), loaded from git beside this one."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{base}:runtime/engine.py"], capture_output=True,
-                            text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "engine_base.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("engine_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.Engine
-
-
-def ab(package: str, base: str, rounds: int, new_tokens: int, threads: int | None) -> dict[str, list[float]]:
-    engines = {"old path (base)": base_engine_class(base)(package, threads=threads),
-               "new, constraint=None": Engine(package, threads=threads)}
-    prompt = "Write a short story about a lighthouse keeper."
-    speeds = {k: [] for k in engines}
-    for e in engines.values():
-        list(e.generate(prompt, max_tokens=8, cache=e.new_cache()))
-    for r in range(rounds):
-        order = list(engines.items()) if r % 2 == 0 else list(engines.items())[::-1]
-        for name, e in order:
-            events = list(e.generate(prompt, params=SamplingParams(), max_tokens=new_tokens, ignore_eos=True,
-                                     cache=e.new_cache()))
-            speeds[name].append(events[-1].tokens_per_s)
-    return speeds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--packages", nargs="+", required=True)
-    ap.add_argument("--mask-prompts", type=int, default=5)
+    ap.add_argument("--mask-prompts", type=int, default=5, help="replies replayed for the mask cost (0: skip)")
     ap.add_argument("--validity", type=int, default=50, help="prompts for the JSON-validity rate (0: skip)")
+    ap.add_argument("--validity-tokens", type=int, default=128, help="max_tokens of each validity reply")
     ap.add_argument("--validity-packages", nargs="*", default=None, help="default: the first package only")
-    ap.add_argument("--ab-rounds", type=int, default=6, help="0: skip the A/B")
-    ap.add_argument("--ab-tokens", type=int, default=96)
-    ap.add_argument("--base", default="17f4f2d", help="commit of the old path for the A/B (this branch's base)")
+    ap.add_argument("--replies", type=Path, default=None,
+                    help="append the validity replies here (JSONL); a rerun resumes, skipping those there")
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="validity runs, in this order")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     for package in args.packages:
@@ -201,25 +203,19 @@ def main() -> None:
         print("| grammar | compile ms |\n|---|---:|")
         for k, v in compile_times(engine).items():
             print(f"| {k} | {v:.2f} |")
-        print("\n| per token | first step µs | later steps: median µs | p90 µs | steps |\n|---|---:|---:|---:|---:|")
-        for k, (first, med, p90, n) in mask_cost(engine, args.mask_prompts).items():
-            print(f"| {k} | {'' if first != first else f'{first:.0f}'} | {med:.0f} | {p90:.0f} | {n} |")
+        sys.stdout.flush()
+        if args.mask_prompts:
+            print("\n| per token | first step µs | later steps: median µs | p90 µs | steps |\n|---|---:|---:|---:|---:|")
+            for k, (first, med, p90, n) in mask_cost(engine, args.mask_prompts).items():
+                print(f"| {k} | {'' if first != first else f'{first:.0f}'} | {med:.0f} | {p90:.0f} | {n} |")
+            sys.stdout.flush()
         if args.validity and (args.validity_packages is None and package == args.packages[0]
                               or package in (args.validity_packages or ())):
-            print(f"\n| {args.validity} prompts, greedy, max 128 tokens | valid JSON (schema) | cut at max_tokens | "
-                  f"tokens/s |\n|---|---:|---:|---:|")
-            for label, (ok, cut, total, tps) in validity(engine, args.validity).items():
-                print(f"| {label} | {ok}/{total} ({100 * ok / total:.0f}%) | {cut} | {tps:.1f} |")
-        if args.ab_rounds:
-            speeds = ab(package, args.base, args.ab_rounds, args.ab_tokens, args.threads)
-            print(f"\n| unconstrained decode, {args.ab_rounds} interleaved rounds x {args.ab_tokens} tokens | median "
-                  f"tokens/s | min-max |\n|---|---:|---:|")
-            for k, v in speeds.items():
-                print(f"| {k} | {statistics.median(v):.1f} | {min(v):.1f}-{max(v):.1f} |")
-            old, new = speeds.values()
-            ratios = sorted(b / a for a, b in zip(old, new))
-            print(f"\nnew/old, paired by round: median {statistics.median(ratios):.3f}, "
-                  f"min-max {ratios[0]:.3f}-{ratios[-1]:.3f}")
+            print(f"\n| {args.validity} prompts, greedy, max {args.validity_tokens} tokens | valid JSON (schema) | "
+                  f"valid once a code fence is stripped | cut at max_tokens | tokens/s |\n|---|---:|---:|---:|---:|")
+            for label, (ok, fenced, cut, total, tps) in validity(engine, args.validity, args.validity_tokens,
+                                                                 args.replies, args.modes).items():
+                print(f"| {label} | {ok}/{total} ({100 * ok / total:.0f}%) | {fenced}/{total} | {cut} | {tps:.1f} |")
         sys.stdout.flush()
 
 

@@ -76,6 +76,14 @@ class Constraint:
 
 
 _UNIMPLEMENTED = re.compile(r'Unimplemented keys: \["([^"]+)"')
+_DATA_KEYWORDS = ("const", "enum", "default", "examples", "x-guidance")     # values, not subschemas
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")   # name -> schema
+MAX_LOCATE = 200        # subschema compiles spent finding where a schema fails (each ~0.5 ms)
+
+
+def _pointer(path: list[str]) -> str:
+    """A JSON Pointer as a URI fragment: ["properties", "a/b"] -> "#/properties/a~1b"."""
+    return "#" + "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in path)
 
 
 class Grammars:
@@ -89,22 +97,48 @@ class Grammars:
         self.tokenizer = llg.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=list(eos_ids))
 
     def check(self, constraint: Constraint) -> str:
-        """The compiled grammar text, or ConstraintError naming where the constraint is wrong."""
+        """The compiled grammar text, or ConstraintError naming where the constraint is wrong (for a
+        JSON Schema, the JSON Pointer of the smallest subschema that fails on its own)."""
+        grammar, message = self._compile(constraint)
+        if message is None:
+            return grammar
+        at = ""
+        if constraint.kind == "json_schema":
+            at = " at " + _pointer(self._locate(json.loads(constraint.source), message, [], [MAX_LOCATE]))
+        unimplemented = _UNIMPLEMENTED.search(message)
+        if unimplemented:
+            keyword = unimplemented.group(1)
+            raise ConstraintError(f"the JSON Schema keyword {keyword!r} cannot be enforced while decoding{at} "
+                                  f"(llguidance {llg.__version__} does not implement it); remove it, or "
+                                  f"validate it after generation ({message})", keyword=keyword)
+        raise ConstraintError(f"the {_NAMES[constraint.kind]} does not compile{at}: {message}")
+
+    def _compile(self, constraint: Constraint) -> tuple[str | None, str | None]:
+        """(grammar text, None), or (None, llguidance's one-line message)."""
         try:
             grammar = constraint.grammar()
         except ValueError as e:
-            raise ConstraintError(f"the {_NAMES[constraint.kind]} does not compile: {e}") from None
+            return None, _one_line(str(e))
         failed, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer)
-        if failed:
-            message = _one_line(messages[0])
-            unimplemented = _UNIMPLEMENTED.search(message)
-            if unimplemented:
-                keyword = unimplemented.group(1)
-                raise ConstraintError(f"the JSON Schema keyword {keyword!r} cannot be enforced while decoding "
-                                      f"(llguidance {llg.__version__} does not implement it); remove it, or "
-                                      f"validate it after generation ({message})", keyword=keyword)
-            raise ConstraintError(f"the {_NAMES[constraint.kind]} does not compile: {message}")
-        return grammar
+        return (None, _one_line(messages[0])) if failed else (grammar, None)
+
+    def _locate(self, node: object, message: str, path: list[str], budget: list[int], *, schema: bool = True) -> list[str]:
+        """The path to the deepest subschema under `node` that fails alone with the same `message`
+        (llguidance's messages say what is wrong, not where); `schema`: whether `node` is a schema
+        (else a list or a name -> schema map of them). At most `budget[0]` compiles in all."""
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, child in children:
+            if schema and key in _DATA_KEYWORDS or not isinstance(child, (dict, list)) or budget[0] <= 0:
+                continue
+            is_schema = isinstance(child, dict) and not (schema and key in _SCHEMA_MAPS)
+            if is_schema:
+                budget[0] -= 1
+                if self._compile(Constraint("json_schema", json.dumps(child)))[1] != message:
+                    continue
+            found = self._locate(child, message, path + [str(key)], budget, schema=is_schema)
+            if is_schema or len(found) > len(path) + 1:     # a list or map itself is not where it fails
+                return found
+        return path
 
     def guide(self, constraint: Constraint) -> Guide:
         matcher = llg.LLMatcher(self.tokenizer, self.check(constraint), log_level=0)
@@ -157,8 +191,10 @@ class Guide:
         return self.matcher.validate_tokens([token]) == 1
 
     def refused(self, token: int) -> ConstraintError:
-        return ConstraintError(f"the grammar forces the text of token {token}, an added token that llguidance "
-                               f"only matches as a token: in a Lark grammar write it as <[{token}]>")
+        return ConstraintError(f"every token the grammar's mask allows next (the last tried: {token}) is refused by its "
+                               f"parser, so the reply cannot go on; seen with an added token whose text the grammar "
+                               f"forces (write it as <[{token}]> in a Lark grammar), and once in the fuzz with a byte "
+                               f"token under a generated schema")
 
     def consume(self, token: int) -> None:
         if not self.matcher.consume_token(token):

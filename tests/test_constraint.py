@@ -122,10 +122,16 @@ def test_a_complete_grammar_flushes_what_a_stop_string_held_back(engine):
 
 @pytest.mark.parametrize("params", [SamplingParams(temperature=0.0), SamplingParams(temperature=1.0, seed=5)],
                          ids=["greedy", "sampled"])
-def test_prompt_lookup_under_a_constraint(tiny_package, params):
-    """Greedy: the same tokens as plain decoding; sampled: still valid. Drafts go through the mask."""
+def test_prompt_lookup_under_a_constraint(tiny_package, params, monkeypatch):
+    """Greedy: the same tokens as plain decoding; sampled: still valid. Drafts go through the mask:
+    the prompt's "four five" after "one two three four" is drafted and cut where the enum ends."""
+    from runtime.constraint import Guide
     schema = {"type": "array", "items": {"enum": ["one two three", "four five", "one two three four"]},
               "minItems": 6, "maxItems": 6}
+    checked = []            # (drafted, taken by the grammar)
+    valid_prefix = Guide.valid_prefix
+    monkeypatch.setattr(Guide, "valid_prefix", lambda self, draft: checked.append(
+        (len(draft), valid_prefix(self, draft))) or checked[-1][1])
     runs = {}
     for lookup in (0, 4):
         engine = Engine(tiny_package, threads=1, lookup=lookup)
@@ -133,14 +139,32 @@ def test_prompt_lookup_under_a_constraint(tiny_package, params):
                             prompt="one two three four five one two three four five one two three")
         jsonschema.validate(json.loads(text), schema)
         runs[lookup] = [e.token for e in events]
+    assert any(taken < drafted for drafted, taken in checked), checked     # a draft the grammar cut short
     if params.greedy:
         assert runs[4] == runs[0]
 
 
-@pytest.mark.parametrize("kv_dtype", ["fp32", "int8"])
-@pytest.mark.parametrize("policy,budget", [("streaming", 64), ("knorm", 64), ("h2o", 64), ("tova", 64), ("snapkv", 64)])
-def test_constraint_holds_while_the_cache_evicts(tiny_package, policy, budget, kv_dtype):
-    engine = Engine(tiny_package, threads=1, kv_policy=policy, kv_budget=budget, kv_dtype=kv_dtype)
+@pytest.fixture(scope="module")
+def namm_package(tiny_package, tmp_path_factory):
+    """The tiny package with a (random) NAMM scorer installed, so the namm policy runs."""
+    import shutil
+
+    from evolve.cli import install
+    from runtime.eviction.namm import BackwardAttentionMemory
+    pkg = tmp_path_factory.mktemp("pkg") / "tiny-namm"
+    shutil.copytree(tiny_package, pkg)
+    install(pkg, np.random.default_rng(3).normal(0, 0.5, BackwardAttentionMemory.size()), {"note": "random test scorer"})
+    return pkg
+
+
+@pytest.mark.parametrize("kv_dtype", ["fp32", "fp16", "int8", "int4"])
+@pytest.mark.parametrize("policy", ["streaming", "knorm", "h2o", "tova", "snapkv", "namm"])
+def test_constraint_holds_while_the_cache_evicts(tiny_package, namm_package, policy, kv_dtype):
+    """Every policy at every KV dtype, the budget overflowing; the policies that allow prompt lookup
+    (streaming, knorm) draft as well."""
+    budget = 64
+    engine = Engine(namm_package if policy == "namm" else tiny_package, threads=1, kv_policy=policy,
+                    kv_budget=budget, kv_dtype=kv_dtype, lookup=4 if policy in ("streaming", "knorm") else 0)
     schema = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99}, "minItems": 30,
               "maxItems": 30}
     text, events = _run(engine, Constraint.json_schema(schema), max_tokens=200, prompt="Count " * 30)
@@ -189,6 +213,20 @@ def test_unenforceable_keyword_is_named(engine, keyword, schema):
     assert e.value.keyword == keyword
 
 
+@pytest.mark.parametrize("schema,where", [
+    ({"type": "object", "properties": {"a": {"type": "object", "properties": {"b/c": {"type": "strin"}}}}},
+     "#/properties/a/properties/b~1c: Invalid type: strin"),
+    ({"anyOf": [{"type": "string"}, {"type": "array", "prefixItems": [{"type": "null"}, {"minimum": "x"}]}]},
+     "#/anyOf/1/prefixItems/1: Expected f64 for 'minimum'"),
+    ({"$defs": {"P": {"type": "intger"}}, "properties": {"p": {"$ref": "#/$defs/P"}}}, "#/$defs/P: Invalid type"),
+    ({"properties": {"enum": {"type": "string", "pattern": "[a-"}}}, "#/properties/enum: regex parse error"),
+    ({"type": "strin"}, "#: Invalid type: strin"),
+])
+def test_a_bad_schema_error_points_at_the_failing_subschema(engine, schema, where):
+    with pytest.raises(ConstraintError, match="does not compile at " + re.escape(where)):
+        engine.grammars().check(Constraint.json_schema(schema))
+
+
 def test_padded_vocabulary_never_allows_ids_past_the_tokenizer(engine):
     """The logits may be wider than the tokenizer (a padded embedding table)."""
     from runtime.constraint import Grammars
@@ -207,7 +245,7 @@ def _slm(*args):
     return subprocess.run([sys.executable, "-m", "slm.cli", *args], capture_output=True, text=True, timeout=180)
 
 
-def test_cli_json_schema_and_regex(tiny_package, tmp_path):
+def test_cli_json_schema_regex_and_grammar(tiny_package, tmp_path):
     schema = tmp_path / "person.json"
     schema.write_text(json.dumps(PERSON))
     out = _slm("generate", "A person", "--model", str(tiny_package), "--threads", "1", "--max-tokens", "120",
@@ -216,6 +254,10 @@ def test_cli_json_schema_and_regex(tiny_package, tmp_path):
     jsonschema.validate(json.loads(out.stdout), PERSON)
     out = _slm("generate", "A date", "--model", str(tiny_package), "--threads", "1", "--regex", r"20[0-9]{2}-[01][0-9]")
     assert out.returncode == 0 and re.fullmatch(r"20[0-9]{2}-[01][0-9]\n", out.stdout), out
+    grammar = tmp_path / "pair.lark"
+    grammar.write_text('start: "(" WORD ", " WORD ")"\nWORD: /[a-z]{1,4}/\n')
+    out = _slm("generate", "A pair", "--model", str(tiny_package), "--threads", "1", "--grammar", str(grammar))
+    assert out.returncode == 0 and re.fullmatch(r"\([a-z]{1,4}, [a-z]{1,4}\)\n", out.stdout), out
 
 
 @pytest.mark.parametrize("flag,content,message", [

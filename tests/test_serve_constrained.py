@@ -78,6 +78,48 @@ def test_json_object_mode_gives_an_object_or_says_length(client):
             assert choice.message.content.startswith("{")
 
 
+def test_completions_take_response_format_through_extra_body(client):
+    """/v1/completions (raw text, no template) takes response_format too, as vLLM's extension: the
+    openai client sends it in extra_body; streamed or not the text is the JSON."""
+    schema = {"type": "object", "required": ["city", "n"], "additionalProperties": False,
+              "properties": {"city": {"enum": ["Paris", "Oslo"]}, "n": {"type": "integer", "minimum": 0, "maximum": 99}}}
+    fmt = {"response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}}
+    kw = dict(model=MODEL, prompt="The answer as JSON:", max_tokens=40, temperature=1.0, seed=3)
+    plain = client.completions.create(**kw)
+    with pytest.raises((json.JSONDecodeError, jsonschema.ValidationError)):     # the control: a random model
+        jsonschema.validate(json.loads(plain.choices[0].text), schema)
+    whole = client.completions.create(**kw, extra_body=fmt)
+    assert whole.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(whole.choices[0].text), schema)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(**kw, extra_body=fmt, stream=True)
+                       if c.choices)
+    assert streamed == whole.choices[0].text
+    obj = client.completions.create(**kw, extra_body={"response_format": {"type": "json_object"}})
+    assert obj.choices[0].finish_reason == "length" or isinstance(json.loads(obj.choices[0].text), dict)
+
+
+@pytest.mark.parametrize("fmt,param,says", [
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}},
+     "response_format.json_schema.schema", "Invalid type: strin"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"uniqueItems": True}}},
+     "response_format.json_schema.schema", "keyword 'uniqueItems' cannot be enforced"),
+    ({"type": "json_schema"}, "response_format.json_schema", "needs json_schema"),
+    ({"type": "yaml"}, "response_format.type", "'yaml'"),
+])
+def test_completions_bad_response_format_is_400_naming_it(client, fmt, param, says):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=4, extra_body={"response_format": fmt})
+    error = caught.value.body
+    assert error["param"] == param and says in error["message"], error
+
+
+def test_completions_response_format_cut_by_max_tokens_is_length(client):
+    reply = client.completions.create(model=MODEL, prompt="x", max_tokens=3, temperature=0, extra_body={
+        "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {
+            "type": "object", "required": ["a", "b"], "properties": {"a": {"type": "string"}, "b": {"type": "string"}}}}}})
+    assert reply.choices[0].finish_reason == "length" and reply.choices[0].text.startswith("{")
+
+
 # --- tools -----------------------------------------------------------------------------------------
 def test_tool_choice_auto_without_tools_is_plain_chat(client):
     reply = client.chat.completions.create(model=MODEL, messages=ASK, tool_choice="auto", tools=[], temperature=0,
@@ -206,13 +248,18 @@ def _fmt(schema) -> dict:
     ({"response_format": _fmt({"not": {"type": "string"}})}, "response_format.json_schema.schema",
      "keyword 'not' cannot be enforced"),
     ({"response_format": _fmt({"type": "object", "properties": {"a": {"type": "strin"}}})},
-     "response_format.json_schema.schema", "Invalid type: strin"),
+     "response_format.json_schema.schema", "does not compile at #/properties/a: Invalid type: strin"),
+    ({"response_format": _fmt({"anyOf": [{"type": "null"}, {"type": "array", "items": {"pattern": "(a"}}]}),
+      "tools": [WEATHER]}, "response_format.json_schema.schema", "at #/anyOf/1/items: regex parse error"),
     ({"response_format": _fmt({"type": "string", "pattern": "(a"})}, "response_format.json_schema.schema",
      "unclosed group"),
     ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "needs json_schema"),
     ({"response_format": {"type": "xml"}}, "response_format.type", "'xml'"),
     ({"tools": [WEATHER, {"type": "function", "function": {"name": "f", "parameters": {
         "type": "array", "uniqueItems": True}}}]}, "tools.1.function.parameters", "keyword 'uniqueItems'"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "when": {"type": "object", "properties": {"day": {"not": {"const": 0}}}}}}}}]},
+     "tools.0.function.parameters", "keyword 'not' cannot be enforced while decoding at #/properties/when/properties/day"),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
      "'nope', which is not in tools"),
     ({"tool_choice": "required"}, "tool_choice", "needs at least one function"),

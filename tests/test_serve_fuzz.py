@@ -53,10 +53,24 @@ sampling = {
     "n": maybe(st.integers(0, 3)),
     "logprobs": maybe(st.booleans()),
 }
+small_schemas = maybe(st.sampled_from([{"type": "object"}, {"type": "integer", "minimum": 0, "maximum": 9},
+                                     {"enum": ["a", "b"]}, {"type": "strin"}, {"not": {}}, {}]))
+response_formats = maybe(st.fixed_dictionaries(
+    {"type": maybe(st.sampled_from(["text", "json_object", "json_schema", "xml"]))},
+    optional={"json_schema": maybe(st.fixed_dictionaries({"name": maybe(text)},
+                                                         optional={"schema": small_schemas, "strict": maybe(st.booleans())}))}))
+tools = maybe(st.lists(st.fixed_dictionaries(
+    {"type": maybe(st.just("function")),
+     "function": maybe(st.fixed_dictionaries({"name": maybe(st.sampled_from(["f", "g", "bad name"]))},
+                                             optional={"parameters": small_schemas}))}), max_size=2))
+tool_choices = maybe(st.sampled_from(["auto", "none", "required", {"type": "function", "function": {"name": "f"}}]))
 chat_bodies = st.fixed_dictionaries({"messages": maybe(messages)},
-                                    optional={**sampling, "max_completion_tokens": sampling["max_tokens"]})
+                                    optional={**sampling, "max_completion_tokens": sampling["max_tokens"],
+                                              "response_format": response_formats, "tools": tools,
+                                              "tool_choice": tool_choices, "parallel_tool_calls": maybe(st.booleans())})
 completion_bodies = st.fixed_dictionaries({"prompt": maybe(text | st.lists(text, max_size=2))},
-                                          optional={**sampling, "echo": maybe(st.booleans())})
+                                          optional={**sampling, "echo": maybe(st.booleans()),
+                                                    "response_format": response_formats})
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +95,7 @@ def check(response: httpx.Response) -> None:
             assert "error" not in json.loads(data), data
     else:
         body = response.json()
-        assert body["choices"][0]["finish_reason"] in ("stop", "length")
+        assert body["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
         assert body["usage"]["completion_tokens"] >= 1
 
 

@@ -33,9 +33,9 @@ from runtime.sampling import SamplingParams
 from runtime.serve.errors import ApiError, error_body, install_handlers, validation_error
 from runtime.serve.formats import ChatFormat, CompletionFormat, sse
 from runtime.serve.metrics import CONTENT_TYPE, Metrics
-from runtime.serve.schemas import ChatCompletionRequest, CompletionRequest
+from runtime.serve.schemas import ChatCompletionRequest, CompletionRequest, ResponseFormat, Tool
 from runtime.serve.slots import QueueFullError, SlotPool
-from runtime.serve.tools import ReplyReader, ToolPlan, tag_grammar
+from runtime.serve.tools import ReplyReader, ToolPlan, reply_schema, tag_grammar
 from runtime.serve.worker import Generation, GenerationJob
 from slm.errors import PromptTooLongError, SlmError
 
@@ -162,12 +162,13 @@ async def chat_completions(request: Request) -> Response:
     _check_request(state, body)
     plan = ToolPlan.of(body, state.engine.manifest.chat_template, tag_grammar(state.engine.tokenizer))
     if plan.constraint is not None or body.tools:
-        await _check_constraint(state, plan, body)
+        await _check_constraint(state, plan.constraint, tools=body.tools, response_format=body.response_format)
     job = GenerationJob(prompt=plan.messages, raw=False, params=_sampling(body), stop=body.stops(),
                         max_tokens=_max_tokens(state, body.token_limit(), default=state.context_tokens),
                         constraint=plan.constraint, tools=plan.template_tools)
     return await _respond(request, state, job=job, fmt=ChatFormat(model=state.model_id), stream=body.stream,
                           include_usage=body.include_usage(), prompt_param="messages",
+                          constraint_param=_constraint_param(body.response_format),
                           reader=ReplyReader(calls=plan.calls))
 
 
@@ -176,10 +177,15 @@ async def completions(request: Request) -> Response:
     state = _state(request)
     body = _parse(CompletionRequest, await read_json(request))
     _check_request(state, body)
+    schema = reply_schema(body.response_format)
+    constraint = Constraint.json_schema(schema) if schema is not None else None
+    if constraint is not None:
+        await _check_constraint(state, None, tools=None, response_format=body.response_format)
     job = GenerationJob(prompt=body.text(), raw=True, params=_sampling(body), stop=body.stops(),
-                        max_tokens=_max_tokens(state, body.token_limit(), default=16))
+                        max_tokens=_max_tokens(state, body.token_limit(), default=16), constraint=constraint)
     return await _respond(request, state, job=job, fmt=CompletionFormat(model=state.model_id), stream=body.stream,
-                          include_usage=body.include_usage(), prompt_param="prompt", reader=ReplyReader(calls=False))
+                          include_usage=body.include_usage(), prompt_param="prompt", reader=ReplyReader(calls=False),
+                          constraint_param=_constraint_param(body.response_format))
 
 
 # --- reading and checking a request ------------------------------------------------------------------
@@ -259,24 +265,26 @@ def _check_request(state: ServeState, body: ChatCompletionRequest | CompletionRe
         raise ApiError(status=400, param=bad[0], message=bad[1])
 
 
-async def _check_constraint(state: ServeState, plan: ToolPlan, body: ChatCompletionRequest) -> None:
-    """Compile each tool's parameters and the request's grammar off the event loop; a 400 names the
-    field and what is wrong (every tool is checked, whatever tool_choice says)."""
+async def _check_constraint(state: ServeState, constraint: Constraint | None, *, tools: list[Tool] | None,
+                            response_format: ResponseFormat | None) -> None:
+    """Compile each tool's parameters, the response_format's schema and the request's whole grammar
+    off the event loop; a 400 names the field and where in it what is wrong (every tool is checked,
+    whatever tool_choice says)."""
     grammars = await asyncio.to_thread(state.engine.grammars)
+    reply = reply_schema(response_format)
+    parts = [(f"tools.{i}.function.parameters", Constraint.json_schema(t.function.parameters or {"type": "object"}))
+             for i, t in enumerate(tools or ())]
+    if reply is not None:
+        parts.append(("response_format.json_schema.schema" if response_format.type == "json_schema"
+                      else "response_format", Constraint.json_schema(reply)))
+    if constraint is not None and constraint not in [c for _, c in parts]:     # the tool grammar around them
+        parts.append(("tools" if reply is None else parts[-1][0], constraint))
 
     def check() -> None:
-        for i, tool in enumerate(body.tools or ()):
+        for param, part in parts:
             try:
-                grammars.check(Constraint.json_schema(tool.function.parameters or {"type": "object"}))
+                grammars.check(part)
             except ConstraintError as e:
-                raise ApiError(status=400, param=f"tools.{i}.function.parameters", message=str(e)) from None
-        if plan.constraint is not None:
-            try:
-                grammars.check(plan.constraint)
-            except ConstraintError as e:
-                rf = body.response_format
-                param = "tools" if rf is None or rf.type == "text" else \
-                    "response_format.json_schema.schema" if rf.type == "json_schema" else "response_format"
                 raise ApiError(status=400, param=param, message=str(e)) from None
     await asyncio.to_thread(check)
 
@@ -307,7 +315,8 @@ def _model_card(state: ServeState) -> dict:
 
 # --- generating --------------------------------------------------------------------------------------
 async def _respond(request: Request, state: ServeState, *, job: GenerationJob, fmt: ChatFormat | CompletionFormat,
-                   stream: bool, include_usage: bool, prompt_param: str, reader: ReplyReader) -> Response:
+                   stream: bool, include_usage: bool, prompt_param: str, reader: ReplyReader,
+                   constraint_param: str = "tools") -> Response:
     cancel = threading.Event()
     streaming = False       # once the event stream is returned, it owns `cancel` and calls _finish
     watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
@@ -325,7 +334,7 @@ async def _respond(request: Request, state: ServeState, *, job: GenerationJob, f
         try:
             first = await anext(batches, None)      # a bad prompt raises here, before any byte is sent
         except (SlmError, ValueError) as e:
-            raise _engine_error(e, prompt_param) from None
+            raise _engine_error(e, prompt_param, constraint_param) from None
         if first is None:                           # the client left while waiting in line
             return Response(status_code=499)
         if stream:
@@ -334,8 +343,11 @@ async def _respond(request: Request, state: ServeState, *, job: GenerationJob, f
             return _EventStream(_stream(generation, batches, first, fmt=fmt, include_usage=include_usage,
                                         reader=reader), on_close=lambda: _finish(state, cancel))
         texts = ["".join(e.text for e in first)]
-        async for batch in batches:
-            texts.append("".join(e.text for e in batch))
+        try:
+            async for batch in batches:
+                texts.append("".join(e.text for e in batch))
+        except ConstraintError as e:        # nothing is sent yet: still a 400, not a 500
+            raise _engine_error(e, prompt_param, constraint_param) from None
         last = generation.last
         shown = reader.feed("".join(texts))
         rest, calls, finish = reader.finish(last.finish_reason)
@@ -409,7 +421,15 @@ async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> No
     cancel.set()
 
 
-def _engine_error(e: Exception, prompt_param: str) -> ApiError:
+def _constraint_param(rf: ResponseFormat | None) -> str:
+    """The field a grammar that fails while decoding came from."""
+    return "tools" if rf is None or rf.type == "text" else \
+        "response_format.json_schema.schema" if rf.type == "json_schema" else "response_format"
+
+
+def _engine_error(e: Exception, prompt_param: str, constraint_param: str = "tools") -> ApiError:
+    if isinstance(e, ConstraintError):      # the grammar, not the prompt (runtime.constraint.Guide.refused)
+        return ApiError(status=400, param=constraint_param, message=str(e))
     if isinstance(e, PromptTooLongError):
         return ApiError(status=400, param=prompt_param, code="context_length_exceeded", message=str(e))
     return ApiError(status=400, param=prompt_param, message=str(e))

@@ -90,6 +90,11 @@ class ResponseFormat(BaseModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.type == "json_schema" and self.json_schema is None:
+            return "response_format.json_schema", "response_format type 'json_schema' needs json_schema: {name, schema, strict}"
+        return None
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -156,11 +161,7 @@ class ChatCompletionRequest(_Sampling):
                                    f"in tools ({names or 'none given'})")
         if self.tool_choice in ("required",) and not names:
             return "tool_choice", "tool_choice='required' needs at least one function in tools"
-        rf = self.response_format
-        if rf is not None and rf.type == "json_schema" and rf.json_schema is None:
-            return "response_format.json_schema", ("response_format type 'json_schema' needs "
-                                                   "json_schema: {name, schema, strict}")
-        return super().unsupported()
+        return (self.response_format and self.response_format.unsupported()) or super().unsupported()
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -172,6 +173,7 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+    response_format: ResponseFormat | None = None   # not in OpenAI's legacy API; vLLM's extension (extra_body)
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
@@ -183,7 +185,7 @@ class CompletionRequest(_Sampling):
             return "suffix", "suffix (insertion) is not supported; leave it out"
         if self.best_of not in (None, 1):
             return "best_of", f"best_of={self.best_of} is not supported; leave it out"
-        return super().unsupported()
+        return (self.response_format and self.response_format.unsupported()) or super().unsupported()
 
     def token_limit(self) -> int | None:
         return self.max_tokens

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 
 from runtime.constraint import JSON_OPTIONS, Constraint
-from runtime.serve.schemas import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from runtime.serve.schemas import ChatCompletionRequest, ChatMessage, NamedToolChoice, ResponseFormat
 
 OPEN, CLOSE = "<tool_call>\n", "\n</tool_call>"
 TOOLS_PROMPT = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -68,7 +68,7 @@ class ToolPlan:
         messages = [_message(m, native) for m in body.messages]
         if tools and not native:
             messages = _with_tools_prompt(messages, tools)
-        reply = _reply_schema(body)
+        reply = reply_schema(body.response_format)
         if choice == "none":    # the tools stay in the prompt (as OpenAI keeps them); the reply may not call
             constraint = Constraint.json_schema(reply) if reply is not None else \
                 Constraint.lark("start: TEXT\n" + NOT_A_CALL) if tools else None
@@ -79,8 +79,8 @@ class ToolPlan:
         return cls(messages, tools if native else None, Constraint.lark(grammar), True)
 
 
-def _reply_schema(body: ChatCompletionRequest) -> dict | bool | None:
-    rf = body.response_format
+def reply_schema(rf: ResponseFormat | None) -> dict | bool | None:
+    """The JSON Schema a `response_format` asks for (None: free text)."""
     if rf is None or rf.type == "text":
         return None
     if rf.type == "json_object":
