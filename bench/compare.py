@@ -143,7 +143,8 @@ def run_peer(system: System, job: dict, timeout: int = 1800) -> dict:
 def prepare_all(chosen: list[System]) -> None:
     qwen_hf = bench_dir() / "qwen2.5-coder-1.5b-hf"
     if any(s.family == "qwen1.5b" for s in chosen) and QWEN_GGUF.is_file() and not (qwen_hf / "config.json").is_file():
-        from slm.sources import load_model, resolve_source
+        from export.load import load_model
+        from slm.sources import resolve_source
         model, tok = load_model(resolve_source(str(QWEN_GGUF)))
         model.save_pretrained(qwen_hf)
         tok.save_pretrained(qwen_hf)
@@ -151,7 +152,8 @@ def prepare_all(chosen: list[System]) -> None:
         print(f"wrote {qwen_hf}", file=sys.stderr)
     hf = bench_dir() / "smollm2-135m-instruct-hf"
     if not (hf / "config.json").is_file():        # the HF folder the peers' own exporters read
-        from slm.sources import load_model, resolve_source
+        from export.load import load_model
+        from slm.sources import resolve_source
         model, tok = load_model(resolve_source(None))
         model.save_pretrained(hf)
         tok.save_pretrained(hf)

@@ -62,7 +62,7 @@ def default_packages() -> list[str]:
     fp32 = cache_dir() / "smollm2-135m-instruct-fp32"
     if not (int4 / "manifest.json").is_file() or not (fp32 / "manifest.json").is_file():
         from export import build_package
-        from slm.sources import load_model
+        from export.load import load_model
         source = resolve_source(None)
         model, tok = load_model(source)
         if not (int4 / "manifest.json").is_file():

@@ -70,7 +70,7 @@ def run(engine, prompt, raw: bool, max_tokens: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from runtime import Engine
-    from slm.paths import resolve_package
+    from cli.packages import resolve_package
     import onnxruntime
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from runtime import Engine
-from slm.paths import resolve_package
+from cli.packages import resolve_package
 
 
 def prompt_ids(engine: Engine, n: int) -> list[int]:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 def one(args: argparse.Namespace) -> None:
     from runtime import Engine
-    from runtime.longctx.tasks import DATA
+    from evals.longctx.tasks import DATA
 
     engine = Engine(args.model, threads=args.threads, kv_budget=args.budget, kv_policy=args.policy,
                     prefill_chunk=args.chunk)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.eviction.namm import NAMM, BackwardAttentionMemory, initial_vector
+from evolve.priors import initial_vector
+from runtime.eviction.namm import NAMM, BackwardAttentionMemory
 
 CHECKPOINT = "checkpoint.pkl"
 

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from runtime import Engine
     from runtime.eviction import NAMM, SnapKV
-    from runtime.eviction.namm import BackwardAttentionMemory, initial_vector
+    from evolve.priors import initial_vector
+    from runtime.eviction.namm import BackwardAttentionMemory
     engine = Engine(args.model, threads=1, kv_policy="tova")
     d = engine.manifest.dims
     namm, snapkv = NAMM(BackwardAttentionMemory.from_vector(initial_vector(0))), SnapKV()

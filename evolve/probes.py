@@ -7,7 +7,7 @@ prompt prefilled through the budgeted cache. Against the full cache it becomes t
     retention = exp(logp_budget - logp_full)       1 = as good as keeping everything
 
 which is far less noisy than exact match, and still meaningful where a 135M model rarely answers
-exactly (it scores ~0 on NIAH at full cache). Task generators: runtime.longctx.tasks.
+exactly (it scores ~0 on NIAH at full cache). Task generators: evals.longctx.tasks.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from runtime.eviction import Policy
 from runtime.kv_cache import EvictionConfig, KVCache
-from runtime.longctx.tasks import Case, longeval_lines, make_cases
+from evals.longctx.tasks import Case, longeval_lines, make_cases
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from evolve.probes import budgeted, probe_of
     from runtime import Engine
     from runtime.eviction import make_policy
-    from runtime.longctx.tasks import make_cases
+    from evals.longctx.tasks import make_cases
     from slm.paths import resolve_package
     p = argparse.ArgumentParser(prog="python -m evolve.survival", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, metavar="PACKAGE")

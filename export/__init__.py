@@ -23,7 +23,8 @@ from export.quantize import NBitsWeight, quantize_rtn
 from slm.errors import SlmError, SourceError
 from slm.package import (KV_DTYPES, Dimensions, KVLayout, KVVariant, Manifest, QUANT_MODES, Quantization, Rope,
                          read_manifest, write_manifest)
-from slm.sources import Source, load_model, resolve_source
+from export.load import load_model
+from slm.sources import Source, resolve_source
 
 EXTERNAL_DATA_BYTES = 1 << 30       # weights past 1 GiB go to an external file
 WEIGHTS_FILE = "weights.data"

@@ -25,6 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from runtime.detokenizer import ByteDetokenizer
 from runtime.events import GenerationEvent, KVStats
 from runtime.eviction import make_policy
 from runtime.kv_cache import EvictionConfig, KVCache, parse_budget
+from runtime.options import EngineOptions
 from runtime.sampling import SamplingParams, make_rng, sample
 from runtime.session import open_session
 from runtime.stops import StopMatcher
@@ -111,13 +113,13 @@ class ByteCache:
 
 
 class ByteEngine:
-    def __init__(self, package: str | Path, *, provider: str = "auto", threads: int | None = None,
-                 kv_budget: str | int | None = None, kv_policy: str = "none", evict_chunk: int | None = None,
-                 keep_recent: int | None = None, protect_chat: bool = True, prefill_chunk: int | None = None,
-                 lookup: int = 0, kv_dtype: str | None = None):
+    def __init__(self, package: str | Path, options: EngineOptions = EngineOptions(), **changes):
         """As runtime.Engine; evict_chunk, keep_recent and prefill_chunk count patches (global slots).
         protect_chat is not applied: a byte package protects only the first 4 slots (the pad patch
         and the opening) and the newest `keep_recent`. kv_dtype: byte packages have an fp32 cache only."""
+        self.options = o = replace(options, **changes)
+        provider, threads, kv_budget, kv_policy, kv_dtype = o.provider, o.threads, o.kv_budget, o.kv_policy, o.kv_dtype
+        evict_chunk, keep_recent, prefill_chunk, lookup = o.evict_chunk, o.keep_recent, o.prefill_chunk, o.lookup
         self.path = Path(package)
         self.manifest = m = read_manifest(self.path)
         if kv_dtype not in (None, "fp32", "float32"):

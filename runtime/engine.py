@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from runtime.events import GenerationEvent, KVStats
 from runtime.eviction import make_policy
 from runtime.kv_cache import EvictionConfig, KVCache, parse_budget
 from runtime.lookup import PromptLookup
+from runtime.options import EngineOptions
 from runtime.sampling import SamplingParams, accept_or_resample, make_rng, sample
 from runtime.session import open_session
 from runtime.stops import StopMatcher
@@ -40,27 +42,30 @@ DEFAULT_CAPACITY = 4096  # KV slots when no budget is given (the model's context
 
 
 class Engine:
-    def __new__(cls, package: str | Path, **options):
+    def __new__(cls, package: str | Path, options: EngineOptions = EngineOptions(), **changes):
         """A byte package (architecture megabyte) opens as runtime.byte_engine.ByteEngine, with the
         same options and the same generate/new_cache/kv_stats; everything else as below."""
         if cls is Engine and read_manifest(Path(package)).patches is not None:
             from runtime.byte_engine import ByteEngine
-            return ByteEngine(package, **options)
+            return ByteEngine(package, options, **changes)
         return super().__new__(cls)
 
-    def __init__(self, package: str | Path, *, provider: str = "auto", threads: int | None = None,
-                 kv_budget: str | int | None = None, kv_policy: str = "none", evict_chunk: int | None = None,
-                 keep_recent: int | None = None, protect_chat: bool = True, prefill_chunk: int | None = None,
-                 lookup: int = 0, kv_dtype: str | None = None):
-        """kv_budget: tokens or bytes ("16MiB"); kv_policy: see runtime.eviction.POLICIES.
-        evict_chunk: slots freed per eviction (default 1/8 of the budget); keep_recent: newest tokens
-        never evicted (default 1/8 of the budget); protect_chat: never evict the system prompt and the
-        current user turn; prefill_chunk: tokens per prefill call (default PREFILL_CHUNK, or
-        STATS_PREFILL_CHUNK when the policy reads attention statistics); lookup: tokens drafted per
-        step by prompt lookup decoding (runtime.lookup; 0 = off): same output, fewer graph calls
-        where the reply repeats its context; kv_dtype: the KV cache's storage, fp32 | fp16 | int8 | int4
-        (default: the package's), one of the package's exported KV graphs; a byte budget counts tokens
-        at that dtype."""
+    def __init__(self, package: str | Path, options: EngineOptions = EngineOptions(), **changes):
+        """`options` (runtime.options.EngineOptions) say how to run the package; keyword `changes`
+        replace some of its fields (`Engine(path, kv_budget="8MiB", kv_policy="h2o")`), and the
+        result is `self.options`, which opens another package the same way. kv_budget: tokens or
+        bytes ("16MiB"); kv_policy: see runtime.eviction.POLICIES. evict_chunk: slots freed per
+        eviction (default 1/8 of the budget); keep_recent: newest tokens never evicted (default 1/8
+        of the budget); protect_chat: never evict the system prompt and the current user turn;
+        prefill_chunk: tokens per prefill call (default PREFILL_CHUNK, or STATS_PREFILL_CHUNK when
+        the policy reads attention statistics); lookup: tokens drafted per step by prompt lookup
+        decoding (runtime.lookup; 0 = off): same output, fewer graph calls where the reply repeats
+        its context; kv_dtype: the KV cache's storage, fp32 | fp16 | int8 | int4 (default: the
+        package's), one of the package's exported KV graphs; a byte budget counts tokens at that dtype."""
+        self.options = o = replace(options, **changes)
+        provider, threads, kv_budget, kv_policy, kv_dtype = o.provider, o.threads, o.kv_budget, o.kv_policy, o.kv_dtype
+        evict_chunk, keep_recent, prefill_chunk, lookup = o.evict_chunk, o.keep_recent, o.prefill_chunk, o.lookup
+        protect_chat = o.protect_chat
         self.path = Path(package)
         self.manifest = read_manifest(self.path)
         m = self.manifest

@@ -229,7 +229,7 @@ def test_int8_composes_with_sliding_window_layers_and_statistics(gemma_package):
 def test_slm_chat_kv_dtype_int8_shows_the_capacity_in_the_meter(tiny_package, tmp_path, monkeypatch):
     """`slm chat --kv-dtype int8 --kv-budget 64KiB` through the real CLI, driven by Pilot."""
     pytest.importorskip("textual")
-    from slm import cli
+    from cli import main as cli
     from tui.app import ChatApp
     from tui.widgets import StatusBar
 

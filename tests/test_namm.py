@@ -12,8 +12,9 @@ from evolve.cli import install
 from runtime import Engine
 from runtime.eviction import make_policy
 from runtime.eviction.base import CacheView
-from runtime.eviction.namm import (FEATURES, NAMM, BackwardAttentionMemory, initial_vector, load_scorer,
-                                   namm_features)
+from evolve.priors import initial_vector
+from runtime.eviction.namm import FEATURES, NAMM, BackwardAttentionMemory, namm_features
+from runtime.eviction.namm_file import load_scorer
 from runtime.kv_cache import KVCache
 from slm.errors import PackageError
 from slm.package import read_manifest
@@ -228,7 +229,7 @@ def test_opening_prior_ranks_by_mean_attention_and_the_opening():
 
 
 def test_the_default_models_shipped_scorer_installs_and_evicts_within_budget(default_gguf_package, tmp_path):
-    from runtime.eviction.namm import SHIPPED, install_scorer_file
+    from runtime.eviction.namm_file import SHIPPED, install_scorer_file
     pkg = tmp_path / "default"
     shutil.copytree(default_gguf_package, pkg)
     bad = tmp_path / "bad.npz"

@@ -25,7 +25,6 @@ What we keep from the paper, and what we give up:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,94 +130,6 @@ class BackwardAttentionMemory:
         return h @ self.w2 + f @ self.w_skip                                 # (B, n)
 
 
-PRIORS = ("h2o", "opening") + FEATURES
-
-
-def initial_vector(seed: int, prior: str | None = "log_mass_ema16") -> np.ndarray:
-    """Where evolution starts: small random weights (seeded) and, with `prior`, skip weights that rank
-    like a known statistic: a feature's name (a weight of 1 on it; `log_mass_ema16` = `recent`,
-    SnapKV's signal) or "h2o", the attention accumulated since the token arrived (H2O's score):
-    4 * log_mass_per_query + 8 * log_age = log(n * cumulative / age) + log(1 + age) ~ log(n * cumulative),
-    i.e. weights 1 and 2 up to the scale, which a ranking ignores; or "opening", the mean attention per
-    query plus twice what the token's step read in the conversation's opening (1 and 2 on
-    log_mass_per_query and log_opening: the best of a small grid on the training probes, docs/NAMM.md)."""
-    if prior and prior not in PRIORS:
-        raise ValueError(f"prior {prior!r} is unknown; accepted: '' (none), h2o, opening or a feature: {', '.join(FEATURES)}")
-    rng = np.random.default_rng(seed)
-    parts = []
-    for name, shape in BackwardAttentionMemory.SHAPES.items():
-        fan_in = shape[0] if len(shape) == 2 else D_HIDDEN
-        scale = 0.0 if name in ("be", "b1", "w_skip") else 1 / np.sqrt(fan_in)
-        parts.append(rng.normal(0, scale, shape).ravel() * (0.1 if name == "w2" else 1.0))
-    theta = np.concatenate(parts).astype(np.float32)
-    offset = BackwardAttentionMemory.size() - len(FEATURES)
-    if prior == "h2o":
-        theta[offset + FEATURES.index("log_mass_per_query")] = 1.0
-        theta[offset + FEATURES.index("log_age")] = 2.0
-    elif prior == "opening":
-        theta[offset + FEATURES.index("log_mass_per_query")] = 1.0
-        theta[offset + FEATURES.index("log_opening")] = 2.0
-    elif prior:
-        theta[offset + FEATURES.index(prior)] = 1.0
-    return theta
-
-
-def save_scorer(path: str | Path, scorer: BackwardAttentionMemory, record: dict | None = None) -> Path:
-    """Write the scorer as .npz: its arrays, plus a JSON header naming the format and features."""
-    header = {"format": FORMAT, "features": list(FEATURES), "spectrum_half_lives": list(SPECTRUM_HALF_LIVES),
-              "record": record or {}}
-    path = Path(path)
-    with open(path, "wb") as fh:
-        np.savez(fh, header=np.array(json.dumps(header)), **{k: getattr(scorer, k) for k in scorer.SHAPES})
-    return path
-
-
-def load_scorer(path: str | Path) -> tuple[BackwardAttentionMemory, dict]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(str(z["header"]))
-            arrays = {k: z[k].astype(np.float32) for k in BackwardAttentionMemory.SHAPES}
-    except (OSError, KeyError, ValueError) as e:
-        raise PackageError(f"NAMM scorer {str(path)!r} is unreadable ({e}); re-run `slm evolve --model PACKAGE`") from None
-    if FORMATS_READ.get(header.get("format")) == tuple(header.get("features", ())) != FEATURES:
-        # an older scorer: the features it lacks (appended since) get zero weight, so it ranks as it did
-        missing = len(FEATURES) - len(header["features"])
-        arrays["We"] = np.concatenate([arrays["We"], np.zeros((missing, D_MODEL), np.float32)])
-        arrays["w_skip"] = np.concatenate([arrays["w_skip"], np.zeros(missing, np.float32)])
-        header = {**header, "format": FORMAT, "features": list(FEATURES)}
-    if header.get("format") != FORMAT or tuple(header.get("features", ())) != FEATURES \
-            or tuple(header.get("spectrum_half_lives", ())) != SPECTRUM_HALF_LIVES:
-        raise PackageError(f"NAMM scorer {str(path)!r} was made for other features ({header.get('format')}); "
-                           f"re-run `slm evolve --model PACKAGE`")
-    for k, shape in BackwardAttentionMemory.SHAPES.items():
-        if arrays[k].shape != shape:
-            raise PackageError(f"NAMM scorer {str(path)!r}: {k} has shape {arrays[k].shape}, expected {shape}")
-    return BackwardAttentionMemory(**arrays), header
-
-
-# the scorer evolved for the embedded default model (docs/NAMM.md, seventh run, 12 generations);
-# `slm pull` installs it into the default package
-SHIPPED = Path(__file__).resolve().parent / "scorers" / "smollm2-135m-instruct.npz"
-NAMM_FILE = "namm.npz"
-
-
-def install_scorer_file(package: str | Path, scorer_file: str | Path = SHIPPED) -> Path:
-    """Copy a scorer file into a package folder and name it in the manifest (checked first: a file
-    that does not load is refused before the package is touched)."""
-    from dataclasses import replace
-
-    from slm.package import read_manifest, write_manifest
-    from slm.paths import write_atomic
-    load_scorer(scorer_file)
-    package = Path(package)
-    manifest = read_manifest(package)
-    target = package / NAMM_FILE
-    if Path(scorer_file).resolve() != target.resolve():
-        write_atomic(target, Path(scorer_file).read_bytes())
-    write_manifest(package, replace(manifest, namm_file=NAMM_FILE))
-    return target
-
-
 @dataclass(frozen=True)
 class NAMM(Policy):
     """Neural Attention Memory Model (Cetin et al. 2024): an evolved backward-attention scorer over
@@ -229,6 +140,7 @@ class NAMM(Policy):
 
     @classmethod
     def from_package(cls, package: str | Path) -> "NAMM":
+        from runtime.eviction.namm_file import load_scorer
         from slm.package import read_manifest
         m = read_manifest(package)
         if not m.namm_file:

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.longctx.tasks import GENERATORS, HAYSTACKS, Case, longeval_lines, make_cases
+from evals.longctx.tasks import GENERATORS, HAYSTACKS, Case, longeval_lines, make_cases
 
 POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm", "namm")   # namm: when the package has a scorer
 BUDGETS = (0.5, 0.25, 0.125)
@@ -175,7 +175,7 @@ def run(args) -> int:
         if any(c["budget"] == budget and c["policy"] == (policy if budget < 1 else "full") for c in cells):
             continue                                    # done by an earlier, interrupted run with these arguments
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "runtime.longctx.evaluate", "--cell", package, policy, str(budget),
+        proc = subprocess.run([sys.executable, "-m", "evals.longctx.evaluate", "--cell", package, policy, str(budget),
                                *passthrough], capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr[-2000:], file=sys.stderr)
