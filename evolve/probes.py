@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from runtime.decoding import log_probs
 from runtime.eviction import Policy
 from runtime.kv_cache import EvictionConfig, KVCache
 from evals.longctx.tasks import Case, longeval_lines, make_cases
@@ -71,20 +72,16 @@ def budgeted(engine, probe: Probe, policy: Policy | None, budget: float) -> tupl
         capacity = n + len(probe.prefix_ids) + len(probe.answer_ids) + probe.max_tokens + 1
     else:
         capacity = max(16, int(budget * n))
-    cache = engine.new_cache(capacity)
+    cache = engine.new_cache(capacity, statistics=policy.statistics if policy is not None else ())
     return cache, replace(engine.eviction_for(cache), policy=policy)
 
 
 def answer_logprob(engine, cache: KVCache, eviction: EvictionConfig, logits: np.ndarray, probe: Probe) -> float:
     """Teacher-force prefix + answer after the prefilled prompt; mean log-prob of the answer tokens."""
-    reply = probe.prefix_ids + probe.answer_ids
+    lp = log_probs(engine, cache, logits, probe.prefix_ids + probe.answer_ids, eviction)
     total = 0.0
-    for i, token in enumerate(reply):
-        if i >= len(probe.prefix_ids):
-            z = logits.astype(np.float64)
-            total += z[token] - (z.max() + np.log(np.exp(z - z.max()).sum()))
-        if i + 1 < len(reply):
-            logits = engine.decode_step(cache, token, eviction)
+    for value in lp[len(probe.prefix_ids):]:
+        total += value
     return total / len(probe.answer_ids)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from runtime.chat_template import compile_template
 from runtime.constraint import Constraint, Grammars, Guide
 from runtime.detokenizer import StreamingDetokenizer
 from runtime.events import GenerationEvent, KVStats
-from runtime.eviction import make_policy
+from runtime.eviction import Statistic, make_policy
 from runtime.kv_cache import EvictionConfig, KVCache, parse_budget
 from runtime.lookup import PromptLookup
 from runtime.options import EngineOptions
@@ -117,6 +118,7 @@ class Engine:
         self.prefill_chunk = prefill_chunk or (STATS_PREFILL_CHUNK if self.stats_outputs else PREFILL_CHUNK)
         self.device = "cuda" if self.provider == "cuda" else "cpu"
         self.eos_ids = frozenset(m.eos_token_ids)
+        self._decode_bindings: weakref.WeakKeyDictionary[KVCache, _DecodeBinding] = weakref.WeakKeyDictionary()
         self.cache = self.new_cache()
         self._lock = threading.Lock()
         self._grammars: Grammars | None = None     # built on the first constrained request
@@ -153,9 +155,13 @@ class Engine:
             return self._grammars
 
     # --- the two model calls -----------------------------------------------------------------------
-    def new_cache(self, capacity: int | None = None) -> KVCache:
+    def new_cache(self, capacity: int | None = None, *, statistics: tuple[Statistic, ...] | None = None) -> KVCache:
+        """A fresh cache of `capacity` slots (default the budget's), keeping the statistics the
+        engine's policy reads (or `statistics`, for another policy passed in an EvictionConfig)."""
+        if statistics is None:
+            statistics = self.policy.statistics if self.policy is not None else ()
         return KVCache(self.manifest, capacity or self.capacity, self.device, attention_stats=bool(self.stats_outputs),
-                       kv_dtype=self.kv_dtype, scales=self.kv_scales)
+                       kv_dtype=self.kv_dtype, scales=self.kv_scales, statistics=statistics)
 
     def _bind(self, cache: KVCache, binding: ort.IOBinding) -> None:
         kv = self.manifest.kv
@@ -171,11 +177,8 @@ class Engine:
             binding.bind_ortvalue_input(v_name, v_scale)
 
     def eviction_for(self, cache: KVCache, protected: tuple = ()) -> EvictionConfig:
-        """When and how much to evict in `cache`: by default 1/8 of its capacity at a time, and its
-        newest 1/8 never."""
-        return EvictionConfig(policy=self.policy, evict_chunk=self.evict_chunk or max(1, cache.capacity // 8),
-                              keep_recent=cache.capacity // 8 if self.keep_recent is None else self.keep_recent,
-                              protected=protected)
+        """How `cache` evicts under this engine's policy and options (KVCache.eviction has the defaults)."""
+        return cache.eviction(self.policy, self.evict_chunk, self.keep_recent, protected)
 
     def prefill(self, cache: KVCache, ids: list[int], eviction: EvictionConfig | None = None,
                 cancel: threading.Event | None = None) -> np.ndarray | None:
@@ -184,8 +187,7 @@ class Engine:
         (the cache then holds the chunks fed so far, consistently with its history)."""
         out = np.zeros((1, 1, self.manifest.dims.vocab_size), np.float32)
         eviction = eviction or self.eviction_for(cache)
-        # a chunk leaves room to evict around it
-        step = max(1, min(self.prefill_chunk, cache.capacity // 4))
+        step = cache.chunk_size(self.prefill_chunk)
         for start in range(0, len(ids), step):
             if cancel is not None and cancel.is_set():
                 return None
@@ -202,7 +204,7 @@ class Engine:
         """One graph call on `chunk` after what the cache holds; the logits of its last out.shape[1]
         positions land in `out`."""
         io, n = self.manifest.io, len(chunk)
-        self._make_room(cache, n, eviction)
+        cache.make_room(n, eviction)
         binding = self.session.io_binding()
         binding.bind_cpu_input(io.input_ids, np.array([chunk], np.int64))
         binding.bind_cpu_input(io.position_ids, np.arange(cache.next_position, cache.next_position + n, dtype=np.int64)[None])
@@ -212,36 +214,27 @@ class Engine:
         self._bind(cache, binding)
         binding.bind_ortvalue_output(io.logits, ort.OrtValue.ortvalue_from_numpy(out))
         self.session.run_with_iobinding(binding)
-        cache.append(n)
-        cache.history.extend(chunk)
-        if self.stats_outputs:
-            cache.observe(n)
+        cache.commit(chunk)
 
     def decode_step(self, cache: KVCache, token: int, eviction: EvictionConfig | None = None) -> np.ndarray:
         """Feed one token; return its logits (vocab,). The step's inputs live in fixed numpy arrays
         bound once per cache, so a step writes four numbers and runs the graph."""
-        self._make_room(cache, 1, eviction or self.eviction_for(cache))
-        step = cache.decode_binding
-        if step is None:
-            step = cache.decode_binding = _DecodeBinding(self, cache)
+        cache.make_room(1, eviction or self.eviction_for(cache))
+        step = self.decode_binding(cache)
         step.input_ids[0, 0] = token
         step.position_ids[0, 0] = cache.next_position
         step.seqlens_k[0] = cache.length
         step.total_len[()] = cache.length + 1
         self.session.run_with_iobinding(step.binding)
-        cache.append(1)
-        cache.history.append(token)
-        if self.stats_outputs:
-            cache.observe(1)
+        cache.commit((token,))
         return step.logits[0, 0]
 
-    def _make_room(self, cache: KVCache, n: int, eviction: EvictionConfig) -> None:
-        if cache.next_position + n > self.manifest.dims.max_positions:
-            if eviction.policy is None:
-                raise PromptTooLongError(f"position {cache.next_position + n} is past the model's rotary table "
-                                         f"({self.manifest.dims.max_positions}); start a new conversation")
-            cache.reposition()
-        cache.make_room(n, eviction)
+    def decode_binding(self, cache: KVCache) -> _DecodeBinding:
+        """The fixed one-token binding of `cache`'s buffers, made on first use (kept while the cache lives)."""
+        step = self._decode_bindings.get(cache)
+        if step is None:
+            step = self._decode_bindings[cache] = _DecodeBinding(self, cache)
+        return step
 
     # --- the loop --------------------------------------------------------------------------------
     def generate(self, prompt: str | list[dict], *, params: SamplingParams = SamplingParams(),
@@ -272,7 +265,7 @@ class Engine:
 
     def _generate(self, prompt, ids, params, max_tokens, stop, cancel, cache, t0, eos_ids, guide, tools):
         bounded = self.policy is None          # no eviction: the budget and the context are hard limits
-        limit = min(cache.capacity, self.manifest.dims.max_positions)
+        limit = cache.limit
         if bounded and len(ids) >= limit:
             raise PromptTooLongError(f"the prompt has {len(ids)} tokens; this model and KV budget take at most "
                                      f"{limit - 1} prompt tokens (context {self.manifest.dims.max_positions}, "
@@ -308,7 +301,7 @@ class Engine:
                         finish = "stop"
                     elif guide is not None and guide.complete_at == n:     # the grammar takes no more
                         text, finish = text + stops.flush(detok.flush()), "stop"
-                    elif n >= max_tokens or (bounded and cache.length + 1 > limit):
+                    elif n >= max_tokens or (bounded and not cache.fits(1)):
                         text, finish = text + stops.flush(detok.flush()), "length"
                     elif cancel is not None and cancel.is_set():
                         text, finish = text + stops.flush(detok.flush()), "cancelled"
@@ -317,9 +310,8 @@ class Engine:
                 if finish:
                     return
                 tokens[len(ids) + n - 1] = token
-            room = limit - cache.length - 2 if bounded else cache.capacity // 4 - 1
             chosen, drafted = self._advance(cache, tokens[:len(ids) + n], eviction, params, rng, penalty,
-                                            min(room, draft_len), guide)
+                                            min(cache.draft_room(evicts=not bounded), draft_len), guide)
             if drafted:   # Hugging Face's assisted-generation schedule: +2 after a full hit, -1 after a miss
                 draft_len = min(draft_len + 2, self.lookup.max_draft) if len(chosen) > drafted else max(1, draft_len - 1)
 

@@ -30,8 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.eviction.base import SPECTRUM_HALF_LIVES, CacheView, Policy
+from runtime.eviction.base import CUMULATIVE, LAST, RECENT, CacheView, Policy, Statistic
 from slm.errors import PackageError
+
+SPECTRUM_HALF_LIVES = (4.0, 64.0, 256.0)   # queries: NAMM's bank of attention-mass EMAs (`spectrum`)
+OPENING = (4, 68)       # true positions: the conversation's opening after the 4 sinks (system prompt, first instruction)
 
 AGE_PERIODS = (8.0, 64.0, 512.0)                # tokens: the recency embedding's sinusoid periods
 FEATURES = ("log_mass_last", "log_mass_ema4", "log_mass_ema16", "log_mass_ema64", "log_mass_ema256",
@@ -42,18 +45,42 @@ FORMAT = "namm-bam/2"
 FORMATS_READ = {"namm-bam/1": FEATURES[:-1], FORMAT: FEATURES}   # a /1 scorer reads log_opening with weight 0
 
 
+def _fold_spectrum(value, mass, n_queries, positions):
+    decays = 0.5 ** (n_queries / np.asarray(SPECTRUM_HALF_LIVES, np.float32))
+    value *= decays[:, None, None, None]
+    value += mass / n_queries
+
+
+def _fold_opening(value, mass, n_queries, positions):
+    """What the step's queries read in the opening: the step's tokens' own (query-aware) statistic;
+    slots hold increasing positions, so the opening's tokens sit in the first OPENING[1] slots."""
+    n = mass.shape[-1]
+    head = min(n, OPENING[1])
+    pos = positions[:, :, :head]
+    read = np.where((pos >= OPENING[0]) & (pos < OPENING[1]), mass[..., :head], 0).sum(-1)
+    value[:, :, n - n_queries:n] = (read / n_queries)[..., None]
+
+
+# float32 (S, L, H, n): EMAs of the mass at SPECTRUM_HALF_LIVES
+SPECTRUM = Statistic("spectrum", _fold_spectrum, bank=len(SPECTRUM_HALF_LIVES))
+# float32 (L, H, n): share of its step's attention each token's step gave to the opening (positions OPENING), per query
+OPENING_READ = Statistic("opening", _fold_opening)
+
+
 def namm_features(view: CacheView) -> np.ndarray:
     """(L, H, n, F) features of every cached token, in the order of FEATURES."""
     n = view.positions.shape[-1]
     age = np.maximum(view.next_position - view.positions, 1).astype(np.float32)          # (L, H, n)
-    spectrum = view.spectrum if view.spectrum is not None else np.zeros((len(SPECTRUM_HALF_LIVES),) + age.shape, np.float32)
+    spectrum = view.stats.get("spectrum")
+    spectrum = spectrum if spectrum is not None else np.zeros((len(SPECTRUM_HALF_LIVES),) + age.shape, np.float32)
     masses = [view.last, spectrum[0], view.recent, spectrum[1], spectrum[2], view.cumulative / age]
     # n * mass: 1 is "as much as a uniform query gives" whatever the cache length
     feats = [np.log(1e-4 + n * m) / 4 for m in masses] + [np.log1p(age) / 8]
     for period in AGE_PERIODS:
         feats += [np.sin(2 * np.pi * age / period), np.cos(2 * np.pi * age / period)]
     feats.append(np.log1p(view.positions.astype(np.float32)) / 8)
-    opening = view.opening if view.opening is not None else np.zeros(age.shape, np.float32)
+    opening = view.stats.get("opening")
+    opening = opening if opening is not None else np.zeros(age.shape, np.float32)
     feats.append(np.log(1e-4 + opening) / 4)
     return np.stack(feats, axis=-1).astype(np.float32)
 
@@ -135,7 +162,7 @@ class NAMM(Policy):
     """Neural Attention Memory Model (Cetin et al. 2024): an evolved backward-attention scorer over
     per-token attention statistics; higher = keep."""
     name = "namm"
-    needs_attention = True
+    statistics = (LAST, RECENT, CUMULATIVE, SPECTRUM, OPENING_READ)
     scorer: BackwardAttentionMemory = field(repr=False)
 
     @classmethod
