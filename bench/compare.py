@@ -26,11 +26,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evals.longctx.tasks import DATA as EVAL_DATA
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 PEERS = ROOT / "bench" / "peers"
 VENVS = ROOT / ".bench-venvs"
-HAYSTACK = ROOT.parent / "shared" / "data" / "haystack-tinyshakespeare" / "input.txt"
+HAYSTACK = EVAL_DATA / "tinyshakespeare" / "input.txt"     # the project's copy of ../shared/data/haystack-tinyshakespeare
 PROMPT_OFFSET = 50_000          # prompts start here in the haystack; bench/quality.py scores text after it
 OUT = ROOT / "docs" / "bench"
 QWEN_GGUF = Path.home() / ".cache" / "slm" / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -128,8 +129,10 @@ def run_peer(system: System, job: dict, timeout: int = 1800) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"model": system.model, **job}, f)
     try:
+        # slm's own peer runs this checkout's code (the others their own environment's)
+        env = dict(os.environ, PYTHONPATH=str(ROOT)) if system.peer == "slm_engine" else None
         proc = subprocess.run([str(system.python), str(PEERS / f"{system.peer}.py"), f.name],
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     finally:
@@ -218,7 +221,7 @@ def measure(chosen: list[System], prompt_lens: list[int], new_tokens: int, threa
 
 def summarise(rows: list[dict], chosen: list[System]) -> list[dict]:
     """Median and spread per (system, prompt length), plus model size on disk."""
-    from bench.peers.common import size_mib
+    from slm.resources import size_mib
 
     out = []
     for s in chosen:
