@@ -50,10 +50,11 @@ def cmd_export(args) -> None:
         export_checkpoint(args.src, args.out)
         print(args.out)
         return
-    from export import build_package
-    build_package(args.src, args.out, quant=args.quant, accuracy_level=args.accuracy_level,
-                  block_size=args.block_size, max_positions=args.max_positions,
-                  attention_stats=args.attention_stats, head_topk=args.head_topk, outliers=args.outliers)
+    from export import ExportOptions, build_package
+    build_package(args.src, args.out, ExportOptions(quant=args.quant, accuracy_level=args.accuracy_level,
+                                                    block_size=args.block_size, max_positions=args.max_positions,
+                                                    attention_stats=args.attention_stats, head_topk=args.head_topk,
+                                                    outliers=args.outliers))
     print(args.out)
 
 
@@ -192,8 +193,8 @@ def cmd_serve(args) -> None:
 
 def register_eval(p: argparse.ArgumentParser) -> None:
     from evals.longctx import evaluate as longctx       # the harness's flags: stdlib only
-    evals = p.add_subparsers(dest="eval_command", required=True)
-    e = evals.add_parser("longctx", help="long-context retrieval under each KV policy and budget (RULER-style, LongEval)")
+    harnesses = p.add_subparsers(dest="eval_command", required=True)
+    e = harnesses.add_parser("longctx", help="long-context retrieval under each KV policy and budget (RULER-style, LongEval)")
     longctx.add_arguments(e)
     e.set_defaults(func=_with_package(longctx.run))
 
