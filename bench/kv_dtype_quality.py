@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime import Engine  # noqa: E402
 from runtime.kv_quant import dequantize, quantize  # noqa: E402
 from export.kv_calibration import CALIBRATION_CHAT, CALIBRATION_TEXT, kv_ranges, measure_kv  # noqa: E402
