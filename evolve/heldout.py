@@ -30,10 +30,10 @@ GROUPS = {"heldout_tasks": (("niah_multivalue", "common_words"), ("repeated", "s
           "train_tasks": (("niah_single", "niah_multikey", "variable_tracking"), ("shakespeare",))}
 POLICIES = EVICTING
 def run_cell(package: str, policy: str, budget: float, probes) -> dict:
-    from evolve.probes import answer_logprob, budgeted
+    from evolve.probes import PROBE_OPTIONS, answer_logprob, budgeted
     from runtime import Engine
     from runtime.decoding import greedy
-    engine = Engine(package, threads=1, kv_policy="none" if budget >= 1 else policy, protect_chat=False)
+    engine = Engine(package, PROBE_OPTIONS, kv_policy="none" if budget >= 1 else policy)
     rows, t0, evict_s = [], time.time(), 0.0
     for p in probes:
         cache, eviction = budgeted(engine, p, engine.policy, budget)

@@ -17,8 +17,15 @@ import numpy as np
 
 from runtime.decoding import log_probs
 from runtime.eviction import Policy
+from runtime.options import EngineOptions
 from runtime.kv_cache import EvictionConfig, KVCache
 from evals.longctx.tasks import Case, longeval_lines, make_cases
+
+
+# how evolve opens a package: one ONNX Runtime thread (a worker process per core), the graph with
+# attention statistics (tova reads them; the policy that evicts comes in each EvictionConfig), no
+# protected chat turns (a probe is one long prompt)
+PROBE_OPTIONS = EngineOptions(threads=1, kv_policy="tova", protect_chat=False)
 
 
 @dataclass(frozen=True)

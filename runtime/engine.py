@@ -25,7 +25,7 @@ from runtime.constraint import Constraint, Grammars, Guide
 from runtime.detokenizer import StreamingDetokenizer
 from runtime.events import GenerationEvent, KVStats
 from runtime.eviction import Statistic, make_policy
-from runtime.kv_cache import EvictionConfig, KVCache, parse_budget
+from runtime.kv_cache import EvictionConfig, KVCache, capacity_of
 from runtime.lookup import PromptLookup
 from runtime.options import EngineOptions
 from runtime.sampling import SamplingParams, accept_or_resample, make_rng, sample
@@ -39,7 +39,6 @@ PREFILL_CHUNK = 512     # tokens per prefill call: bounds activation memory for 
 # probabilities of a prefill call at once: `python bench/stats_rss.py` (3,900-token prompt, 2,048-token
 # h2o cache) peaked at 734 MiB with 128-token chunks, 571 at 64, 491 at 32 (plain graph: 495), 448 at 16.
 STATS_PREFILL_CHUNK = 32
-DEFAULT_CAPACITY = 4096  # KV slots when no budget is given (the model's context if smaller)
 
 
 class Engine:
@@ -103,7 +102,7 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file
             raise PackageError(f"{str(self.path / m.tokenizer_file)!r} is not a tokenizers file ({e})") from None
         self.template = compile_template(m.chat_template) if m.chat_template else None
-        self.capacity = parse_budget(kv_budget, m, self.kv_dtype) or min(m.kv.default_capacity, DEFAULT_CAPACITY)
+        self.capacity = capacity_of(kv_budget, m, self.kv_dtype)
         self.evict_chunk, self.keep_recent = evict_chunk, keep_recent
         self.protect_chat = protect_chat
         for name, value, least in (("prefill_chunk", prefill_chunk, 1), ("evict_chunk", evict_chunk, 1),

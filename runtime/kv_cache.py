@@ -31,6 +31,15 @@ _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3,
           "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
 
 
+DEFAULT_CAPACITY = 4096  # KV slots when no budget is given (the model's context if smaller)
+
+
+def capacity_of(budget: str | int | None, manifest: Manifest, dtype: str | None = None) -> int:
+    """A --kv-budget (tokens or bytes, see parse_budget) as KV slots; no budget: DEFAULT_CAPACITY,
+    or the model's context if that is smaller."""
+    return parse_budget(budget, manifest, dtype) or min(manifest.kv.default_capacity, DEFAULT_CAPACITY)
+
+
 def parse_budget(text: str | int | None, manifest: Manifest, dtype: str | None = None) -> int | None:
     """A KV budget as tokens: "2048" or "2048tok" are tokens, "16MiB"/"64MB"/"1000000B" are bytes,
     counted at the cache's `dtype` (default: the package's), a quantized cache's scales included."""
