@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
           "evictions per 1000 tokens (chunk = 1/8) | NAMM ms per decoded token | linear NAMM ms per decoded token |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.slots:
-        cache = engine.new_cache(n + 16)
+        cache = engine.new_cache(n + 16, statistics=NAMM.statistics)     # what NAMM (and SnapKV) read
         ids = rng.integers(100, 1000, n).tolist()
         engine.prefill(cache, ids, engine.eviction_for(cache))
         view = cache.view()
