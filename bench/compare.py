@@ -25,11 +25,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evals.longctx.tasks import DATA as EVAL_DATA
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 PEERS = ROOT / "bench" / "peers"
 VENVS = ROOT / ".bench-venvs"
-HAYSTACK = ROOT.parent / "shared" / "data" / "haystack-tinyshakespeare" / "input.txt"
+HAYSTACK = EVAL_DATA / "tinyshakespeare" / "input.txt"     # the project's copy of ../shared/data/haystack-tinyshakespeare
 PROMPT_OFFSET = 50_000          # prompts start here in the haystack; bench/quality.py scores text after it
 OUT = ROOT / "results" / "bench"      # raw runs; docs/ holds their tables
 QWEN_GGUF = Path.home() / ".cache" / "slm" / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -141,8 +142,10 @@ def run_peer(system: System, job: dict, timeout: int = 1800) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"model": system.model, **job}, f)
     try:
+        # slm's own peer runs this checkout's code (the others their own environment's)
+        env = dict(os.environ, PYTHONPATH=str(ROOT)) if system.peer == "slm_engine" else None
         proc = subprocess.run([str(system.python), str(PEERS / f"{system.peer}.py"), f.name],
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     finally:
@@ -156,7 +159,8 @@ def run_peer(system: System, job: dict, timeout: int = 1800) -> dict:
 def prepare_all(chosen: list[System]) -> None:
     qwen_hf = bench_dir() / "qwen2.5-coder-1.5b-hf"
     if any(s.family == "qwen1.5b" for s in chosen) and QWEN_GGUF.is_file() and not (qwen_hf / "config.json").is_file():
-        from slm.sources import load_model, resolve_source
+        from export.load import load_model
+        from slm.sources import resolve_source
         model, tok = load_model(resolve_source(str(QWEN_GGUF)))
         model.save_pretrained(qwen_hf)
         tok.save_pretrained(qwen_hf)
@@ -164,7 +168,8 @@ def prepare_all(chosen: list[System]) -> None:
         print(f"wrote {qwen_hf}", file=sys.stderr)
     hf = bench_dir() / "smollm2-135m-instruct-hf"
     if not (hf / "config.json").is_file():        # the HF folder the peers' own exporters read
-        from slm.sources import load_model, resolve_source
+        from export.load import load_model
+        from slm.sources import resolve_source
         model, tok = load_model(resolve_source(None))
         model.save_pretrained(hf)
         tok.save_pretrained(hf)
@@ -229,7 +234,7 @@ def measure(chosen: list[System], prompt_lens: list[int], new_tokens: int, threa
 
 def summarise(rows: list[dict], chosen: list[System]) -> list[dict]:
     """Median and spread per (system, prompt length), plus model size on disk."""
-    from bench.peers.common import size_mib
+    from slm.resources import size_mib
 
     out = []
     for s in chosen:

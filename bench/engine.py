@@ -11,24 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-HAYSTACK = ROOT.parent / "shared" / "data" / "haystack-tinyshakespeare" / "input.txt"
+from evals.longctx.tasks import DATA as EVAL_DATA
 
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS (VmHWM: unlike ru_maxrss it is not inherited across fork+exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+HAYSTACK = EVAL_DATA / "tinyshakespeare" / "input.txt"     # the project's copy of ../shared/data/haystack-tinyshakespeare
 
 
 def one_run(package: str, prompt_len: int, new_tokens: int, threads: int, kv_policy: str = "none") -> dict:
@@ -55,19 +46,20 @@ def one_run(package: str, prompt_len: int, new_tokens: int, threads: int, kv_pol
 
 
 def default_packages() -> list[str]:
+    from slm.package import MANIFEST
     from slm.paths import cache_dir, default_package
     from slm.sources import resolve_source
 
     int4 = default_package()
     fp32 = cache_dir() / "smollm2-135m-instruct-fp32"
-    if not (int4 / "manifest.json").is_file() or not (fp32 / "manifest.json").is_file():
+    if not (int4 / MANIFEST).is_file() or not (fp32 / MANIFEST).is_file():
         from export import build_package
-        from slm.sources import load_model
+        from export.load import load_model
         source = resolve_source(None)
         model, tok = load_model(source)
-        if not (int4 / "manifest.json").is_file():
+        if not (int4 / MANIFEST).is_file():
             build_package(source, int4, model=model, tokenizer=tok)
-        if not (fp32 / "manifest.json").is_file():
+        if not (fp32 / MANIFEST).is_file():
             build_package(source, fp32, quant="fp32", model=model, tokenizer=tok)
     return [str(int4), str(fp32)]
 

@@ -9,7 +9,7 @@ import argparse
 import statistics
 
 from runtime import Engine
-from slm.paths import resolve_package
+from cli.packages import resolve_package
 
 
 def main() -> None:

@@ -23,8 +23,9 @@ import onnxruntime as ort
 from runtime import Engine
 from slm.package import read_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
-HAYSTACK = ROOT.parent / "shared" / "data" / "haystack-tinyshakespeare" / "input.txt"
+from evals.longctx.tasks import DATA as EVAL_DATA
+
+HAYSTACK = EVAL_DATA / "tinyshakespeare" / "input.txt"     # the project's copy of ../shared/data/haystack-tinyshakespeare
 OFFSETS = (200_000, 400_000)
 VARIANTS = {                                    # label -> accuracy level of a node, by its name
     "fp32 activations everywhere (reference)": lambda name: 0,

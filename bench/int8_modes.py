@@ -9,19 +9,18 @@ Prints decode tokens/s (median of interleaved runs) and greedy agreement with fp
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import sys
+from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 PROMPT = "Write a story about a robot learning to paint."
 
 
 def dynamic_int8(fp32: Path, out: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from slm.package import read_manifest, write_manifest
 
     if (out / "model.onnx").is_file():
         return out
@@ -30,9 +29,9 @@ def dynamic_int8(fp32: Path, out: Path) -> Path:
     shutil.copy(fp32 / "tokenizer.json", out)
     quantize_dynamic(str(fp32 / "model.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8,
                      op_types_to_quantize=["MatMul", "Gemm"], extra_options={"DefaultTensorType": 1})
-    m = json.loads((fp32 / "manifest.json").read_text())
-    m.update(attention_model_file="", quant={**m["quant"], "mode": "int8", "notes": "onnxruntime quantize_dynamic"})
-    (out / "manifest.json").write_text(json.dumps(m, indent=2))
+    m = read_manifest(fp32)
+    write_manifest(out, replace(m, attention_model_file="",
+                                quant=replace(m.quant, mode="int8", notes="onnxruntime quantize_dynamic")))
     return out
 
 

@@ -31,8 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from evals.longctx.tasks import DATA as EVAL_DATA
+
 ROOT = Path(__file__).resolve().parents[1]
-HAYSTACK = ROOT.parent / "shared" / "data" / "haystack-tinyshakespeare" / "input.txt"
+HAYSTACK = EVAL_DATA / "tinyshakespeare" / "input.txt"     # the project's copy of ../shared/data/haystack-tinyshakespeare
 PROMPT_OFFSET, HELD_OUT_CHARS = 50_000, 60_000
 CHAT = ["Why is the sky blue?", "Write a haiku about the sea.", "What is the capital of France, and why?",
         "Give me three tips for learning to cook.", "Explain recursion to a child.", "What is 17 times 23?",
@@ -124,17 +126,15 @@ def _alive(lock: Path) -> bool:
 
 def compute(job: dict) -> dict:
     import numpy as np
+
     from runtime import Engine
+    from runtime.decoding import greedy
 
     engine = Engine(job["package"], threads=job["threads"])
     tokens = []
     for ids in job["prompts"]:
         cache = engine.new_cache(len(ids) + job["new_tokens"] + 8)
-        logits, out = engine.prefill(cache, ids), []
-        for _ in range(job["new_tokens"]):
-            out.append(int(np.argmax(logits)))
-            logits = engine.decode_step(cache, out[-1])
-        tokens.append(out)
+        tokens.append(greedy(engine, cache, engine.prefill(cache, ids), job["new_tokens"]))
     nlls = []
     for ids in job["windows"]:        # every position's logits in one call (the prefill kernels)
         rows = engine.verify(engine.new_cache(len(ids) + 8), ids[:-1]).astype(np.float64)

@@ -20,18 +20,16 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime import Engine  # noqa: E402
 from runtime.kv_quant import dequantize, quantize  # noqa: E402
 from export.kv_calibration import CALIBRATION_CHAT, CALIBRATION_TEXT, kv_ranges, measure_kv  # noqa: E402
 
-HAYSTACK = Path(__file__).resolve().parents[1] / "runtime/longctx/data/tinyshakespeare/input.txt"
+HAYSTACK = Path(__file__).resolve().parents[1] / "evals/longctx/data/tinyshakespeare/input.txt"
 HELD_OUT_CHARS = 60_000
 CHAT = ["Why is the sky blue?", "Write a haiku about the sea.", "What is the capital of France, and why?",
         "Give me three tips for learning to cook."]

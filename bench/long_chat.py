@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def rss_mib() -> float:
@@ -37,8 +35,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from runtime import Engine, SamplingParams
-    from runtime.longctx.tasks import DATA
-    from slm.paths import resolve_package
+    from evals.longctx.tasks import DATA
+    from cli.packages import resolve_package
 
     package = resolve_package(args.model)
     engine = Engine(package, threads=args.threads, kv_budget=args.kv_budget, kv_policy=args.kv_policy)

@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-HAYSTACK = ROOT.parent / "shared" / "data" / "haystack-tinyshakespeare" / "input.txt"
+from evals.longctx.tasks import DATA as EVAL_DATA
+
+HAYSTACK = EVAL_DATA / "tinyshakespeare" / "input.txt"     # the project's copy of ../shared/data/haystack-tinyshakespeare
 
 CODE = '''def mean_and_spread(xs):
     total = 0
@@ -70,7 +70,7 @@ def run(engine, prompt, raw: bool, max_tokens: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from runtime import Engine
-    from slm.paths import resolve_package
+    from cli.packages import resolve_package
     import onnxruntime
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

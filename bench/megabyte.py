@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from evals.longctx.tasks import DATA as EVAL_DATA
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data" / "haystack-tinyshakespeare" / "input.txt"
+DATA = EVAL_DATA / "tinyshakespeare" / "input.txt"     # the project's copy of ../shared/data/haystack-tinyshakespeare
 WINDOW = 512
 
 

@@ -5,7 +5,8 @@ the relative RMS error of x @ W.T, per input. The numpy experiment behind export
     python bench/outlier_replay.py
 """
 import numpy as np, torch
-from slm.sources import load_model, resolve_source
+from export.load import load_model
+from slm.sources import resolve_source
 src = resolve_source(None); model, tok = load_model(src)
 text = "The committee met on Tuesday to review the budget for the new library. After a long discussion about costs, staffing and opening hours, they agreed to ask the city for more funds and to open the doors in the spring. " * 3
 ids = tok(text, return_tensors="pt").input_ids[:, :128]

@@ -6,13 +6,11 @@ tokens, by op type (MatMulNBits by projection), with the KV bytes GroupQueryAtte
 import argparse
 import collections
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from slm.package import read_manifest  # noqa: E402
 
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from runtime import Engine
-from slm.paths import resolve_package
+from cli.packages import resolve_package
 
 
 def prompt_ids(engine: Engine, n: int) -> list[int]:
@@ -45,7 +45,7 @@ def decode_step_ms(engine: Engine, ids: list[int], tokens: int) -> float:
 def bare_graph_ms(engine: Engine, ids: list[int], tokens: int) -> float:
     cache = engine.new_cache(len(ids) + tokens + 64)
     engine.decode_step(cache, int(np.argmax(engine.prefill(cache, ids))))      # binds the decode buffers
-    step = cache.decode_binding
+    step = engine.decode_binding(cache)
     start = time.perf_counter()
     for _ in range(tokens):
         step.position_ids[0, 0] = cache.next_position

@@ -1,7 +1,7 @@
 """Quality beside speed: greedy agreement with the fp32 reference, and perplexity on held-out text.
 
-    python bench/quality.py                      # every available system of bench/compare.py
-    python bench/quality.py --systems "slm int4" "genai int4"
+    python -m bench.quality                      # every available system of bench/compare.py
+    python -m bench.quality --systems "slm int4" "genai int4"
 
 Agreement: for each prompt (Tiny Shakespeare slices and chat-template prompts), how many of the first
 32 greedy tokens match transformers fp32 before the first difference. Perplexity: exp(mean NLL) over
@@ -19,8 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.compare import HAYSTACK, OUT, PROMPT_OFFSET, System, machine, run_peer, systems  # noqa: E402
+from bench.compare import HAYSTACK, OUT, PROMPT_OFFSET, System, machine, run_peer, systems
 
 REFERENCE = "transformers fp32"
 CHAT = ["Why is the sky blue?", "Write a haiku about the sea.", "What is the capital of France, and why?",
@@ -96,7 +95,7 @@ def main() -> None:
     if "error" in ref:
         raise SystemExit(f"the reference {REFERENCE} failed: {ref['error']}")
     ref_ppl = math.exp(statistics.fmean(x for w in ref["nll"] for x in w))
-    print(f"\npython bench/quality.py {shlex.join(sys.argv[1:])}\n{len(prompts)} prompts ({len(prompts) - len(CHAT)} "
+    print(f"\npython -m bench.quality {shlex.join(sys.argv[1:])}\n{len(prompts)} prompts ({len(prompts) - len(CHAT)} "
           f"Tiny Shakespeare slices of 128 tokens, {len(CHAT)} chat prompts) x {args.new_tokens} greedy tokens against "
           f"{REFERENCE}; perplexity over {args.windows} x {args.window} held-out tokens; machine {machine()['cpu']}\n")
     print(f"| system | weights | greedy tokens matching fp32 before the first difference, per prompt | mean | all {args.new_tokens} | perplexity | vs fp32 |")
@@ -113,7 +112,7 @@ def main() -> None:
         print(f"| {s.name} | {s.weights} | {' '.join(map(str, agree))} | {statistics.fmean(agree):.1f} | "
               f"{sum(a == args.new_tokens for a in agree)}/{len(agree)} | {ppl:.3f} | {ppl / ref_ppl - 1:+.1%} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python bench/quality.py " + shlex.join(sys.argv[1:]),
+    args.out.write_text(json.dumps({"command": "python -m bench.quality " + shlex.join(sys.argv[1:]),
                                     "machine": machine(), "reference": REFERENCE, "table": table,
                                     "tokens": {k: v.get("tokens") for k, v in results.items()}}, indent=1))
     print(f"\nwrote {args.out}")

@@ -14,15 +14,14 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def one(args: argparse.Namespace) -> None:
     from runtime import Engine
-    from runtime.longctx.tasks import DATA
+    from runtime.decoding import greedy
+    from slm.resources import peak_rss_mib
+    from evals.longctx.tasks import DATA
 
     engine = Engine(args.model, threads=args.threads, kv_budget=args.budget, kv_policy=args.policy,
                     prefill_chunk=args.chunk)
@@ -30,13 +29,9 @@ def one(args: argparse.Namespace) -> None:
     ids = engine.encode(text, raw=True)[:args.prompt]
     t = time.perf_counter()
     cache = engine.new_cache()
-    logits = engine.prefill(cache, ids)
-    for _ in range(16):
-        logits = engine.decode_step(cache, int(logits.argmax()))
+    greedy(engine, cache, engine.prefill(cache, ids), 16)
     seconds = time.perf_counter() - t
-    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-               if line.startswith("VmHWM:")) / 1024
-    print(json.dumps({"peak_rss_mib": hwm, "seconds": seconds, "prompt": len(ids), "evicted": cache.evicted}))
+    print(json.dumps({"peak_rss_mib": peak_rss_mib(), "seconds": seconds, "prompt": len(ids), "evicted": cache.evicted}))
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distill.multitask import PREDICT, prompt
 from distill.tasks.base import Example, Rejection, Task
+from slm.package import MANIFEST
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def evaluate_checkpoint(folder: str | Path, task: Task, split: str = "test", *, 
                         max_new_tokens: int = 32, batch_size: int = 16,
                         predictions_out: str | Path | None = None) -> EvalResult:
     examples = task.load(split)[:limit]
-    if (Path(folder) / "manifest.json").is_file():          # an slm package: through the runtime
+    if (Path(folder) / MANIFEST).is_file():          # an slm package: through the runtime
         outputs = generate_answers_engine(folder, [e.input for e in examples], max_new_tokens=max_new_tokens)
         result = score(task, examples, outputs)
     else:

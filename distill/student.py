@@ -8,7 +8,8 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from slm.sources import Source, default_gguf, load_model, resolve_source
+from export.load import load_model
+from slm.sources import Source, default_gguf, resolve_source
 
 SMOLLM2 = "smollm2"  # shorthand for slm's default model
 

@@ -10,12 +10,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from runtime.eviction.namm import NAMM_FILE
+from runtime.eviction.namm_file import NAMM_FILE
 
 
 def install(package: str | Path, theta, record: dict) -> Path:
     """Write the scorer into the package folder and name it in the manifest."""
-    from runtime.eviction.namm import BackwardAttentionMemory, install_scorer_file, save_scorer
+    from runtime.eviction.namm import BackwardAttentionMemory
+    from runtime.eviction.namm_file import install_scorer_file, save_scorer
     path = save_scorer(Path(package) / NAMM_FILE, BackwardAttentionMemory.from_vector(theta), record)
     return install_scorer_file(package, path)
 
@@ -30,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma0", type=float, default=d.sigma0)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes (one ONNX Runtime thread each)")
-    p.add_argument("--tasks", nargs="*", default=list(d.tasks), help="training task types (runtime.longctx.tasks)")
+    p.add_argument("--tasks", nargs="*", default=list(d.tasks), help="training task types (evals.longctx.tasks)")
     p.add_argument("--haystacks", nargs="*", default=list(d.haystacks))
     p.add_argument("--length", type=int, nargs="+", default=list(d.lengths),
                    help="prompt tokens per probe; several values mix prompt lengths (samples probes at each)")
@@ -58,7 +59,7 @@ def run(args) -> int:
     except ImportError:
         raise SlmError("slm evolve needs the `cma` library: pip install 'slm[evolve]'") from None
     from evolve.cma_es import EvolveConfig, evolve
-    from runtime.longctx.tasks import GENERATORS, HAYSTACKS
+    from evals.longctx.tasks import GENERATORS, HAYSTACKS
     from slm.paths import resolve_package
     package = str(resolve_package(args.model))
     for t in args.tasks:
@@ -67,7 +68,7 @@ def run(args) -> int:
     for h in args.haystacks:
         if h not in HAYSTACKS:
             raise SlmError(f"--haystacks {h!r} is unknown; accepted: {', '.join(HAYSTACKS)}")
-    from runtime.eviction.namm import PRIORS
+    from evolve.priors import PRIORS
     if args.prior and args.prior not in PRIORS:
         raise SlmError(f"--prior {args.prior!r} is unknown; accepted: '' (none), h2o, opening or a feature: {', '.join(PRIORS[2:])}")
     if not 0 < args.budget < 1:

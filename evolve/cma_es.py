@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.eviction.namm import NAMM, BackwardAttentionMemory, initial_vector
+from evolve.priors import initial_vector
+from runtime.eviction.namm import NAMM, BackwardAttentionMemory
 
 CHECKPOINT = "checkpoint.pkl"
 
@@ -65,10 +66,11 @@ _worker: dict = {}
 
 
 def _open_engine(package: str):
+    from evolve.probes import PROBE_OPTIONS
     from runtime import Engine
     # any policy that needs attention opens the graph with attention-mass outputs; the policy that
     # actually evicts is passed per call (EvictionConfig), so one engine serves every candidate
-    return Engine(package, threads=1, kv_policy="tova", protect_chat=False)
+    return Engine(package, PROBE_OPTIONS)
 
 
 FITNESSES = ("retention", "log_retention")

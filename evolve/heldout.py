@@ -23,53 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.eviction import EVICTING
+
 GROUPS = {"heldout_tasks": (("niah_multivalue", "common_words"), ("repeated", "shakespeare")),
           "heldout_haystack": (("niah_single", "niah_multikey", "variable_tracking"), ("repeated",)),
           "train_tasks": (("niah_single", "niah_multikey", "variable_tracking"), ("shakespeare",))}
-POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm", "namm")
-_STATS = ("positions", "cumulative", "recent", "last", "spectrum", "opening")
-
-
-def _snapshot(cache) -> dict:
-    snap = {name: getattr(cache, name).copy() for name in _STATS}
-    snap.update(keys=[k.copy() for k in cache.keys], values=[v.copy() for v in cache.values], length=cache.length,
-                next_position=cache.next_position, history=list(cache.history), evicted=cache.evicted)
-    return snap
-
-
-def _restore(cache, snap: dict) -> None:
-    """Back to the snapshot, in place: the graph's bindings view these same buffers."""
-    for name in _STATS:
-        getattr(cache, name)[...] = snap[name]
-    for buf, saved in zip(cache.keys + cache.values, snap["keys"] + snap["values"]):
-        buf[...] = saved
-    cache.length, cache.next_position, cache.evicted = snap["length"], snap["next_position"], snap["evicted"]
-    cache.history = list(snap["history"])
-
-
-def _greedy(engine, cache, eviction, logits, max_tokens: int) -> str:
-    ids = []
-    for _ in range(max_tokens):
-        token = int(np.argmax(logits))
-        if token in engine.eos_ids:
-            break
-        ids.append(token)
-        logits = engine.decode_step(cache, token, eviction)
-    return engine.tokenizer.decode(ids)
-
-
+POLICIES = EVICTING
 def run_cell(package: str, policy: str, budget: float, probes) -> dict:
-    from evolve.probes import answer_logprob, budgeted
+    from evolve.probes import PROBE_OPTIONS, answer_logprob, budgeted
     from runtime import Engine
-    engine = Engine(package, threads=1, kv_policy="none" if budget >= 1 else policy, protect_chat=False)
+    from runtime.decoding import greedy
+    engine = Engine(package, PROBE_OPTIONS, kv_policy="none" if budget >= 1 else policy)
     rows, t0, evict_s = [], time.time(), 0.0
     for p in probes:
         cache, eviction = budgeted(engine, p, engine.policy, budget)
         logits = engine.prefill(cache, list(p.prompt_ids), eviction)
-        snap = _snapshot(cache)
+        snap = cache.snapshot()
         logp = answer_logprob(engine, cache, eviction, logits, p)
-        _restore(cache, snap)
-        text = _greedy(engine, cache, eviction, logits, p.max_tokens)
+        cache.restore(snap)
+        text = engine.tokenizer.decode(greedy(engine, cache, logits, p.max_tokens, eviction, stop_ids=engine.eos_ids))
         score = sum(a.lower() in text.lower() for a in p.answers) / len(p.answers)
         rows.append({"task": p.task, "haystack": p.haystack, "prompt_tokens": len(p.prompt_ids),
                      "capacity": cache.capacity, "logp": logp, "score": score, "output": text[:160]})
@@ -137,24 +109,16 @@ def overall(cells: list[dict], budgets: list[float]) -> list[str]:
 
 
 def plot(cells: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from evals.plot import plot_by_budget
+    curves = {}
     for pol in POLICIES:
         pts = sorted((c["budget"], statistics.mean(r["retention"] for r in c["rows"] if r["group"] != "train_tasks"
                                                    or all(q["group"] == "train_tasks" for q in c["rows"])))
                      for c in cells if c["policy"] == pol)
         if pts:
-            ax.plot([b for b, _ in pts], [s for _, s in pts], marker="o", label=pol, lw=2.5 if pol == "namm" else 1.2)
-    ax.axhline(1.0, color="grey", ls="--", lw=0.8, label="full cache")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("KV budget (fraction of the prompt)")
-    ax.set_ylabel("answer-likelihood retention (held-out)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+            curves[pol] = pts
+    plot_by_budget(curves, path, title=title, ylabel="answer-likelihood retention (held-out)", full_cache=1.0,
+                   highlight="namm")
 
 
 def main(argv: list[str] | None = None) -> int:

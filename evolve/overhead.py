@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from runtime import Engine
     from runtime.eviction import NAMM, SnapKV
-    from runtime.eviction.namm import BackwardAttentionMemory, initial_vector
+    from evolve.priors import initial_vector
+    from runtime.eviction.namm import BackwardAttentionMemory
     engine = Engine(args.model, threads=1, kv_policy="tova")
     d = engine.manifest.dims
     namm, snapkv = NAMM(BackwardAttentionMemory.from_vector(initial_vector(0))), SnapKV()
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
           "evictions per 1000 tokens (chunk = 1/8) | NAMM ms per decoded token | linear NAMM ms per decoded token |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.slots:
-        cache = engine.new_cache(n + 16)
+        cache = engine.new_cache(n + 16, statistics=NAMM.statistics)     # what NAMM (and SnapKV) read
         ids = rng.integers(100, 1000, n).tolist()
         engine.prefill(cache, ids, engine.eviction_for(cache))
         view = cache.view()

@@ -7,7 +7,7 @@ prompt prefilled through the budgeted cache. Against the full cache it becomes t
     retention = exp(logp_budget - logp_full)       1 = as good as keeping everything
 
 which is far less noisy than exact match, and still meaningful where a 135M model rarely answers
-exactly (it scores ~0 on NIAH at full cache). Task generators: runtime.longctx.tasks.
+exactly (it scores ~0 on NIAH at full cache). Task generators: evals.longctx.tasks.
 """
 from __future__ import annotations
 
@@ -15,9 +15,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from runtime.decoding import log_probs
 from runtime.eviction import Policy
+from runtime.options import EngineOptions
 from runtime.kv_cache import EvictionConfig, KVCache
-from runtime.longctx.tasks import Case, longeval_lines, make_cases
+from evals.longctx.tasks import Case, longeval_lines, make_cases
+
+
+# how evolve opens a package: one ONNX Runtime thread (a worker process per core), the graph with
+# attention statistics (tova reads them; the policy that evicts comes in each EvictionConfig), no
+# protected chat turns (a probe is one long prompt)
+PROBE_OPTIONS = EngineOptions(threads=1, kv_policy="tova", protect_chat=False)
 
 
 @dataclass(frozen=True)
@@ -71,20 +79,16 @@ def budgeted(engine, probe: Probe, policy: Policy | None, budget: float) -> tupl
         capacity = n + len(probe.prefix_ids) + len(probe.answer_ids) + probe.max_tokens + 1
     else:
         capacity = max(16, int(budget * n))
-    cache = engine.new_cache(capacity)
+    cache = engine.new_cache(capacity, statistics=policy.statistics if policy is not None else ())
     return cache, replace(engine.eviction_for(cache), policy=policy)
 
 
 def answer_logprob(engine, cache: KVCache, eviction: EvictionConfig, logits: np.ndarray, probe: Probe) -> float:
     """Teacher-force prefix + answer after the prefilled prompt; mean log-prob of the answer tokens."""
-    reply = probe.prefix_ids + probe.answer_ids
+    lp = log_probs(engine, cache, logits, probe.prefix_ids + probe.answer_ids, eviction)
     total = 0.0
-    for i, token in enumerate(reply):
-        if i >= len(probe.prefix_ids):
-            z = logits.astype(np.float64)
-            total += z[token] - (z.max() + np.log(np.exp(z - z.max()).sum()))
-        if i + 1 < len(reply):
-            logits = engine.decode_step(cache, token, eviction)
+    for value in lp[len(probe.prefix_ids):]:
+        total += value
     return total / len(probe.answer_ids)
 
 

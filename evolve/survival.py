@@ -62,10 +62,10 @@ def reading_heads(engine, probe, mask: np.ndarray, top: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from evolve.probes import budgeted, probe_of
+    from evolve.probes import PROBE_OPTIONS, budgeted, probe_of
     from runtime import Engine
     from runtime.eviction import make_policy
-    from runtime.longctx.tasks import make_cases
+    from evals.longctx.tasks import make_cases
     from slm.paths import resolve_package
     p = argparse.ArgumentParser(prog="python -m evolve.survival", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, metavar="PACKAGE")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write results.json here")
     args = p.parse_args(argv)
     package = str(resolve_package(args.model))
-    engine = Engine(package, threads=1, kv_policy="tova", protect_chat=False)
+    engine = Engine(package, PROBE_OPTIONS)
     count = lambda text: len(engine.tokenizer.encode(text, add_special_tokens=False).ids)
     cases = [c for t in args.tasks for h in args.haystacks for c in make_cases(t, args.length, h, args.samples, count, seed=args.seed)]
     probes = [probe_of(engine, c) for c in cases]

@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,10 @@ from export.graph import build_graph
 from export.kv_calibration import calibration_ids, kv_ranges, measure_kv, write_scales
 from export.quantize import NBitsWeight, quantize_fit, quantize_rtn
 from slm.errors import SlmError, SourceError
-from slm.package import (KV_DTYPES, Dimensions, KVLayout, KVVariant, Manifest, QUANT_MODES, Quantization, Rope,
+from slm.package import (KV_DTYPES, KVLayout, KVVariant, Manifest, QUANT_MODES, Quantization, Rope,
                          read_manifest, write_manifest)
-from slm.sources import Source, load_model, resolve_source
+from export.load import load_model
+from slm.sources import Source, resolve_source
 
 EXTERNAL_DATA_BYTES = 1 << 30       # weights past 1 GiB go to an external file
 WEIGHTS_FILE = "weights.data"
@@ -118,19 +120,33 @@ def _fine_tuned_from_gguf(src) -> str | None:
     return started.get("path") if started.get("kind") == "gguf" else None
 
 
-def build_package(source: str | Source | None, out: str | Path, *, quant: str | None = None,
-                  accuracy_level: int = 4, block_size: int | None = None, max_positions: int | None = None,
-                  attention_stats: bool = True, model=None, tokenizer=None, overwrite: bool = True,
-                  head_topk: int = 0, outliers: int = 8, kv_dtypes: tuple[str, ...] = KV_VARIANTS) -> Manifest:
-    """Export `source` into the package folder `out`. `quant=None` picks "gguf" for a GGUF source
-    (its own blocks carried over) and "int4" otherwise; "compact" re-quantises to 4-bit blocks with
-    integer zero points (smaller and faster, not exact). `block_size` None: the mode's BLOCK_SIZE.
-    `model`/`tokenizer` skip loading (tests).
-    `outliers`: with int8 activations (accuracy_level 4), up to this many outlier channels per
-    quantised input go through an exact fp32 path (export.calibrate; 0 = off).
+@dataclass(frozen=True)
+class ExportOptions:
+    """How `build_package` exports (the `slm export` flags), as one value."""
+    quant: str | None = None            # QUANT_MODES; None: "gguf" for a GGUF source, "int4" otherwise
+    accuracy_level: int = 4             # MatMulNBits accuracy_level (4: int8 activations)
+    block_size: int | None = None       # None: the mode's BLOCK_SIZE (32; 64 for compact)
+    max_positions: int | None = None    # rotary table length (None: min(model's, DEFAULT_MAX_POSITIONS))
+    attention_stats: bool = True        # also write the graph with attention-mass outputs
+    head_topk: int = 0                  # > 0: a tied 8-bit head read at 4 bits, its top k re-scored
+    outliers: int = 8                   # with int8 activations: outlier channels per input through fp32 (0 = off)
+    kv_dtypes: tuple[str, ...] = KV_VARIANTS   # KV cache dtypes besides fp32 to write graphs for
+
+
+def build_package(source: str | Source | None, out: str | Path, options: ExportOptions = ExportOptions(), *,
+                  model=None, tokenizer=None, overwrite: bool = True, **changes) -> Manifest:
+    """Export `source` into the package folder `out` as `options` say (keyword `changes` replace
+    some of its fields: `build_package(src, out, quant="int8")`). `quant=None` picks "gguf" for a
+    GGUF source (its own blocks carried over) and "int4" otherwise; "compact" re-quantises to 4-bit
+    blocks with integer zero points (smaller and faster, not exact). `model`/`tokenizer` skip loading
+    (tests). `outliers`: with int8 activations (accuracy_level 4), up to this many outlier channels
+    per quantised input go through an exact fp32 path (export.calibrate; 0 = off).
     kv_dtypes: KV cache dtypes besides fp32 to write graphs for (`--kv-dtype` at run time); an fp16
     export (fp16 activations, rarely worth it on a CPU) keeps only its fp16 cache, though the CPU
     kernel would also run an int8 cache under fp16 activations."""
+    o = replace(options, **changes)
+    quant, accuracy_level, block_size, max_positions = o.quant, o.accuracy_level, o.block_size, o.max_positions
+    attention_stats, head_topk, outliers, kv_dtypes = o.attention_stats, o.head_topk, o.outliers, o.kv_dtypes
     t0 = time.time()
     src = source if isinstance(source, Source) or model is not None else resolve_source(source)
     base = _fine_tuned_from_gguf(src)
@@ -211,9 +227,7 @@ def build_package(source: str | Source | None, out: str | Path, *, quant: str | 
     tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
     manifest = Manifest(
         architecture=spec.architecture,
-        dims=Dimensions(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
-                        num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
-                        max_positions=max_pos),
+        dims=spec.dims,
         kv=KVLayout(dtype=kv_dtype, default_capacity=max_pos, sliding_window=list(spec.sliding_window),
                     variants=variants, **kv),
         quant=qrec, io=io, rope=_rope_record(rope, spec),

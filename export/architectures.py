@@ -8,6 +8,7 @@ import numpy as np
 
 from export.graph import Spec
 from slm.errors import SourceError
+from slm.package import Dimensions
 
 
 def _text_config(config):
@@ -23,10 +24,10 @@ def llama_spec(config, max_positions: int) -> Spec:
         window = 0
     if c.hidden_act not in ("silu", "swish"):
         raise SourceError(f"activation {c.hidden_act!r} is not supported for {c.model_type}; accepted: silu")
-    return Spec(architecture="llama", vocab_size=c.vocab_size, hidden_size=c.hidden_size,
-                num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads,
-                num_kv_heads=c.num_key_value_heads or c.num_attention_heads, head_dim=head_dim,
-                rms_norm_eps=c.rms_norm_eps, activation="silu", attn_scale=head_dim ** -0.5,
+    dims = Dimensions(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
+                      num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
+                      head_dim=head_dim, max_positions=max_positions)
+    return Spec(architecture="llama", dims=dims, rms_norm_eps=c.rms_norm_eps, activation="silu", attn_scale=head_dim ** -0.5,
                 sliding_window=(window,) * c.num_hidden_layers, rope_of_layer=("default",) * c.num_hidden_layers,
                 tied_embeddings=bool(getattr(c, "tie_word_embeddings", False)))
 
@@ -40,9 +41,10 @@ def gemma3_spec(config, max_positions: int) -> Spec:
     if getattr(c, "attn_logit_softcapping", None):
         raise SourceError("Gemma attention logit softcapping is not supported by this exporter")
     types = tuple(c.layer_types)
-    return Spec(architecture="gemma3", vocab_size=c.vocab_size, hidden_size=c.hidden_size,
-                num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads,
-                num_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps,
+    dims = Dimensions(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
+                      num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads, head_dim=c.head_dim,
+                      max_positions=max_positions)
+    return Spec(architecture="gemma3", dims=dims, rms_norm_eps=c.rms_norm_eps,
                 activation="gelu_tanh", attn_scale=c.query_pre_attn_scalar ** -0.5,
                 sliding_window=tuple(c.sliding_window if t == "sliding_attention" else 0 for t in types),
                 rope_of_layer=types, qk_norm=True, sandwich_norm=True,

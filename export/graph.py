@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.quantize import NBitsWeight, concat_rows, quantize_rtn, quantize_symmetric
-from slm.package import GraphIO
+from slm.package import Dimensions, GraphIO
 
 OPSET = 21
 IR_VERSION = 10     # onnx 1.23 writes IR 14 by default, which ONNX Runtime <= 1.31 rejects
@@ -44,14 +44,10 @@ CACHE_FORMATS = {
 
 @dataclass(frozen=True)
 class Spec:
-    """What the graph needs to know about the architecture, read off a HF config."""
+    """What the graph needs to know about the architecture, read off a HF config: the manifest's
+    `Dimensions` (what the runtime reads back) and what only the graph needs."""
     architecture: str           # "llama" | "gemma3"
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
+    dims: Dimensions            # vocab, hidden, layers, heads, KV heads, head_dim, rotary positions
     rms_norm_eps: float
     activation: str             # "silu" | "gelu_tanh"
     attn_scale: float
@@ -62,6 +58,13 @@ class Spec:
     embed_scale: float = 1.0
     final_logit_softcap: float = 0.0
     tied_embeddings: bool = True
+
+    vocab_size = property(lambda self: self.dims.vocab_size)
+    hidden_size = property(lambda self: self.dims.hidden_size)
+    num_layers = property(lambda self: self.dims.num_layers)
+    num_heads = property(lambda self: self.dims.num_heads)
+    num_kv_heads = property(lambda self: self.dims.num_kv_heads)
+    head_dim = property(lambda self: self.dims.head_dim)
 
 
 class Graph:
@@ -281,6 +284,24 @@ def head_rms_norm(g: Graph, x: str, gamma: str, eps: float, heads: int, head_dim
     return g.op("Reshape", [y, shape3])
 
 
+@dataclass(frozen=True)
+class Layer:
+    """What every block of one graph reads: its spec, weights and options, and the graph inputs."""
+    spec: Spec
+    weights: dict
+    accuracy_level: int
+    outliers: dict            # input key -> Outliers (build_graph)
+    attention_stats: bool
+    io: GraphIO
+    positions: str            # (B, S) int64
+    seqlens_k: str            # (B,) int32
+    total_len: str            # () int32
+    rope: dict                # key -> (cos, sin) initializer names
+    cache_type: int           # the KV cache's element type
+    per_element: int          # head_dim values per stored element (2 for int4)
+    quant_attrs: dict         # GroupQueryAttention's KV quantization attributes ({} for a float cache)
+
+
 def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.ndarray]], *,
                 kv_dtype: str = "float32", accuracy_level: int = 0,
                 attention_stats: bool = False, head_topk: int = 0, cache: str = "",
@@ -298,8 +319,6 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
     cache_type, per_element, quant_attrs = CACHE_FORMATS[cache or kv_dtype]
     g = Graph(ft, saved)
     io = GraphIO(attention_mass=[f"attention_mass.{i}" for i in range(spec.num_layers)] if attention_stats else [])
-    nh, nkv, hd, H = spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.hidden_size
-    eps = spec.rms_norm_eps
     outliers = outliers or {}
     ids = g.input(io.input_ids, TensorProto.INT64, ["batch", "seq"])
     pos = g.input(io.position_ids, TensorProto.INT64, ["batch", "seq"])
@@ -309,9 +328,28 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
     kv_names = {k: [] for k in ("past_key", "past_value", "present_key", "present_value")}
     scale_names = {"k_scale": [], "v_scale": []}
     rope_inits = {key: (g.init(f"rope/{key}/cos", c), g.init(f"rope/{key}/sin", s)) for key, (c, s) in rope.items()}
+    layer = Layer(spec, weights, accuracy_level, outliers, attention_stats, io, pos, seqlens_k, total_len, rope_inits,
+                  cache_type, per_element, quant_attrs)
 
-    # --- embedding -------------------------------------------------------------------------------
-    table = weights["model.embed_tokens.weight"]
+    x, table, embed_name = embedding(g, spec, weights["model.embed_tokens.weight"], ids)
+    residual, pending = x, None      # `pending` is the last sub-layer output not yet added to `residual`
+    for i in range(spec.num_layers):
+        residual, pending = block(g, layer, i, residual, pending, kv_names, scale_names)
+    logits = head(g, layer, table, embed_name, pending, residual, keep, head_topk)
+    if ft == TensorProto.FLOAT16:
+        logits = g.op("Cast", [logits], to=TensorProto.FLOAT)
+    g.output(logits, io.logits, TensorProto.FLOAT, ["batch", "keep", spec.vocab_size])
+
+    graph = helper.make_graph(g.nodes, "slm_decoder", g.inputs, g.outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+                              ir_version=IR_VERSION, producer_name="slm")
+    return model, io, kv_names | (scale_names if quant_attrs else {})
+
+
+def embedding(g: Graph, spec: Spec, table, ids: str) -> tuple[str, object, str | None]:
+    """ids (B, S) -> x (B, S, H), scaled by embed_scale (Gemma). Returns x, the table as the graph
+    stores it (an 8-bit copy of a tied one, which the head shares) and the float table's name."""
+    H, embed_name = spec.hidden_size, None
     if isinstance(table, NBitsWeight) and table.bits == 4 and not spec.tied_embeddings:
         x = gather_4bit_rows(g, table, ids)
     elif isinstance(table, NBitsWeight):
@@ -328,99 +366,130 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
         x = g.op("Gather", [embed_name, ids])
     if spec.embed_scale != 1.0:
         x = g.op("Mul", [x, g.init("embed_scale", np.array(spec.embed_scale, np.float32))])
+    return x, table, embed_name
 
-    # --- blocks ----------------------------------------------------------------------------------
-    residual, pending = x, None      # `pending` is the last sub-layer output not yet added to `residual`
-    for i in range(spec.num_layers):
-        p = f"model.layers.{i}."
-        ln1 = g.init(p + "input_layernorm.weight", fold_outliers(weights[p + "input_layernorm.weight"], outliers.get(p + "attn_in")))
-        if pending is None:
-            h = rms_norm(g, residual, ln1, eps)
-        else:
-            h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, ln1], n_out=4,
-                                     domain=MS, epsilon=eps)
 
-        # attention
-        a = p + "self_attn."
-        projs = [weights[a + f"{n}_proj.weight"] for n in "qkv"]
-        biases = [weights.get(a + f"{n}_proj.bias") for n in "qkv"]
-        fused = fuse(projs, biases)
-        if fused is not None:
-            qkv = linear(g, h, fused[0], a + "qkv_proj", fused[1], accuracy_level, outliers.get(p + "attn_in"))
-            if spec.qk_norm:
-                q, k, v = g.op("Split", [qkv, g.init(a + "qkv_split", np.array([nh * hd, nkv * hd, nkv * hd], np.int64))],
-                               n_out=3, axis=-1)
-            else:
-                q, k, v = qkv, "", ""                                # packed QKV into GQA
-        else:
-            q, k, v = (linear(g, h, w, a + f"{n}_proj", b, accuracy_level, outliers.get(p + "attn_in"))
-                       for w, b, n in zip(projs, biases, "qkv"))
+def block(g: Graph, layer: Layer, i: int, residual: str, pending: str | None, kv_names: dict,
+          scale_names: dict) -> tuple[str, str]:
+    """One decoder block (B, S, H) -> (B, S, H): norm, attention, norm, MLP, each residual add fused
+    into the next norm (SkipSimplifiedLayerNormalization). Returns (residual, pending MLP output)."""
+    spec, weights, outliers, eps = layer.spec, layer.weights, layer.outliers, layer.spec.rms_norm_eps
+    p = f"model.layers.{i}."
+    ln1 = g.init(p + "input_layernorm.weight", fold_outliers(weights[p + "input_layernorm.weight"], outliers.get(p + "attn_in")))
+    if pending is None:
+        h = rms_norm(g, residual, ln1, eps)
+    else:
+        h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, ln1], n_out=4,
+                                 domain=MS, epsilon=eps)
+    o = attention(g, layer, i, h, kv_names, scale_names)
+    if spec.sandwich_norm:
+        o = rms_norm(g, o, g.init(p + "post_attention_layernorm.weight", weights[p + "post_attention_layernorm.weight"]), eps)
+        ln2_name = p + "pre_feedforward_layernorm.weight"
+    else:
+        ln2_name = p + "post_attention_layernorm.weight"
+    ln2 = g.init(ln2_name, fold_outliers(weights[ln2_name], outliers.get(p + "mlp_in")))
+    h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [o, residual, ln2],
+                             n_out=4, domain=MS, epsilon=eps)
+    pending = mlp(g, layer, i, h)
+    if spec.sandwich_norm:
+        pending = rms_norm(g, pending, g.init(p + "post_feedforward_layernorm.weight",
+                                              weights[p + "post_feedforward_layernorm.weight"]), eps)
+    return residual, pending
+
+
+def attention(g: Graph, layer: Layer, i: int, h: str, kv_names: dict, scale_names: dict) -> str:
+    """h (B, S, H) -> QKV (B, S, (nh + 2 nkv) hd) -> GroupQueryAttention over the cache (rotary at the
+    position inputs, new K/V appended in the shared past/present buffer) (B, S, nh hd) -> o_proj (B, S, H)."""
+    spec, weights, outliers, acc = layer.spec, layer.weights, layer.outliers, layer.accuracy_level
+    nh, nkv, hd, eps = spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.rms_norm_eps
+    p = f"model.layers.{i}."
+    a = p + "self_attn."
+    projs = [weights[a + f"{n}_proj.weight"] for n in "qkv"]
+    biases = [weights.get(a + f"{n}_proj.bias") for n in "qkv"]
+    fused = fuse(projs, biases)
+    if fused is not None:
+        qkv = linear(g, h, fused[0], a + "qkv_proj", fused[1], acc, outliers.get(p + "attn_in"))
         if spec.qk_norm:
-            q = head_rms_norm(g, q, g.init(a + "q_norm.weight", weights[a + "q_norm.weight"]), eps, nh, hd)
-            k = head_rms_norm(g, k, g.init(a + "k_norm.weight", weights[a + "k_norm.weight"]), eps, nkv, hd)
-        past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
-        for name in (past_k, past_v):
-            g.input(name, cache_type, ["batch", nkv, "capacity", hd // per_element])
-        scales = []
-        if quant_attrs:     # (1, nkv, 1, hd) per layer, bound by the runtime from the package's calibration
-            scales = ["", "", g.input(f"kv_scale.{i}.key", TensorProto.FLOAT, [1, nkv, 1, hd]),
-                      g.input(f"kv_scale.{i}.value", TensorProto.FLOAT, [1, nkv, 1, hd])]
-            scale_names["k_scale"].append(scales[2])
-            scale_names["v_scale"].append(scales[3])
-        cos, sin = rope_inits[spec.rope_of_layer[i]]
-        window = spec.sliding_window[i]
-        outs = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens_k, total_len, cos, sin, pos] + scales,
-                    n_out=4 if attention_stats else 3, domain=MS, name=a + "gqa",
-                    num_heads=nh, kv_num_heads=nkv, scale=spec.attn_scale, do_rotary=1,
-                    local_window_size=window if window else -1, **({"qk_output": 2} if attention_stats else {}),
-                    **quant_attrs)
-        attn, present_k, present_v = outs[:3]
-        g.output(present_k, f"present.{i}.key", cache_type, ["batch", nkv, "capacity", hd // per_element])
-        g.output(present_v, f"present.{i}.value", cache_type, ["batch", nkv, "capacity", hd // per_element])
-        kv_names["past_key"].append(past_k)
-        kv_names["past_value"].append(past_v)
-        kv_names["present_key"].append(f"present.{i}.key")
-        kv_names["present_value"].append(f"present.{i}.value")
-        if attention_stats:   # (B, nh, S, T) probabilities -> mass per KV head and cache slot (B, nkv, T)
-            mass = g.op("ReduceSum", [outs[3], g.init(f"axes/{i}/q", np.array([2], np.int64))], keepdims=0)
-            grouped = g.op("Reshape", [mass, g.init(f"shape/{i}/grouped", np.array([0, nkv, nh // nkv, -1], np.int64))])
-            mass = g.op("ReduceSum", [grouped, g.init(f"axes/{i}/g", np.array([2], np.int64))], keepdims=0)
-            # padded to the cache capacity so the runtime binds one fixed buffer per layer
-            cap = g.op("Slice", [g.op("Shape", [past_k]), g.init("s2", np.array([2], np.int64)), g.init("s3", np.array([3], np.int64))])
-            total = g.op("Slice", [g.op("Shape", [mass]), g.init("s2", np.array([2], np.int64)), g.init("s3", np.array([3], np.int64))])
-            pads = g.op("Concat", [g.init("zeros5", np.zeros(5, np.int64)), g.op("Sub", [cap, total])], axis=0)
-            mass = g.op("Pad", [mass, pads])
-            g.output(mass, io.attention_mass[i], TensorProto.FLOAT, ["batch", nkv, "capacity"])
-        o = linear(g, attn, weights[a + "o_proj.weight"], a + "o_proj", weights.get(a + "o_proj.bias"), accuracy_level)
-        if spec.sandwich_norm:
-            o = rms_norm(g, o, g.init(p + "post_attention_layernorm.weight", weights[p + "post_attention_layernorm.weight"]), eps)
-            ln2_name = p + "pre_feedforward_layernorm.weight"
+            q, k, v = g.op("Split", [qkv, g.init(a + "qkv_split", np.array([nh * hd, nkv * hd, nkv * hd], np.int64))],
+                           n_out=3, axis=-1)
         else:
-            ln2_name = p + "post_attention_layernorm.weight"
-        ln2 = g.init(ln2_name, fold_outliers(weights[ln2_name], outliers.get(p + "mlp_in")))
-        h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [o, residual, ln2],
-                                 n_out=4, domain=MS, epsilon=eps)
+            q, k, v = qkv, "", ""                                # packed QKV into GQA
+    else:
+        q, k, v = (linear(g, h, w, a + f"{n}_proj", b, acc, outliers.get(p + "attn_in"))
+                   for w, b, n in zip(projs, biases, "qkv"))
+    if spec.qk_norm:
+        q = head_rms_norm(g, q, g.init(a + "q_norm.weight", weights[a + "q_norm.weight"]), eps, nh, hd)
+        k = head_rms_norm(g, k, g.init(a + "k_norm.weight", weights[a + "k_norm.weight"]), eps, nkv, hd)
+    cache_shape = ["batch", nkv, "capacity", hd // layer.per_element]
+    past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+    for name in (past_k, past_v):
+        g.input(name, layer.cache_type, cache_shape)
+    scales = []
+    if layer.quant_attrs:     # (1, nkv, 1, hd) per layer, bound by the runtime from the package's calibration
+        scales = ["", "", g.input(f"kv_scale.{i}.key", TensorProto.FLOAT, [1, nkv, 1, hd]),
+                  g.input(f"kv_scale.{i}.value", TensorProto.FLOAT, [1, nkv, 1, hd])]
+        scale_names["k_scale"].append(scales[2])
+        scale_names["v_scale"].append(scales[3])
+    cos, sin = layer.rope[spec.rope_of_layer[i]]
+    window = spec.sliding_window[i]
+    outs = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, layer.seqlens_k, layer.total_len, cos, sin,
+                                        layer.positions] + scales,
+                n_out=4 if layer.attention_stats else 3, domain=MS, name=a + "gqa",
+                num_heads=nh, kv_num_heads=nkv, scale=spec.attn_scale, do_rotary=1,
+                local_window_size=window if window else -1, **({"qk_output": 2} if layer.attention_stats else {}),
+                **layer.quant_attrs)
+    attn, present_k, present_v = outs[:3]
+    g.output(present_k, f"present.{i}.key", layer.cache_type, cache_shape)
+    g.output(present_v, f"present.{i}.value", layer.cache_type, cache_shape)
+    kv_names["past_key"].append(past_k)
+    kv_names["past_value"].append(past_v)
+    kv_names["present_key"].append(f"present.{i}.key")
+    kv_names["present_value"].append(f"present.{i}.value")
+    if layer.attention_stats:
+        attention_mass(g, layer, i, outs[3], past_k)
+    return linear(g, attn, weights[a + "o_proj.weight"], a + "o_proj", weights.get(a + "o_proj.bias"), acc)
 
-        # MLP
-        m = p + "mlp."
-        inter = weights[m + "gate_proj.weight"].shape[0]
-        fused = fuse([weights[m + "gate_proj.weight"], weights[m + "up_proj.weight"]], [None, None])
-        if fused is not None:
-            gate, up = g.op("Split", [linear(g, h, fused[0], m + "gate_up_proj", None, accuracy_level, outliers.get(p + "mlp_in")),
-                                      g.init(m + "split", np.array([inter, inter], np.int64))], n_out=2, axis=-1)
-        else:
-            gate = linear(g, h, weights[m + "gate_proj.weight"], m + "gate_proj", None, accuracy_level, outliers.get(p + "mlp_in"))
-            up = linear(g, h, weights[m + "up_proj.weight"], m + "up_proj", None, accuracy_level, outliers.get(p + "mlp_in"))
-        if spec.activation == "silu":
-            act = g.op("QuickGelu", [gate], domain=MS, alpha=1.0)          # x * sigmoid(x)
-        else:
-            act = g.op("FastGelu", [gate], domain=MS)                       # tanh-approximated GELU
-        pending = linear(g, g.op("Mul", [act, up]), weights[m + "down_proj.weight"], m + "down_proj", None, accuracy_level)
-        if spec.sandwich_norm:
-            pending = rms_norm(g, pending, g.init(p + "post_feedforward_layernorm.weight",
-                                                  weights[p + "post_feedforward_layernorm.weight"]), eps)
 
-    # --- head: only the last `num_logits_to_keep` positions -----------------------------------------
+def attention_mass(g: Graph, layer: Layer, i: int, probs: str, past_k: str) -> None:
+    """The attention statistics output: GroupQueryAttention's softmax (B, nh, S, T) summed over the
+    step's queries and each KV head's query group -> (B, nkv, T), padded to the cache capacity so
+    the runtime binds one fixed buffer per layer."""
+    nh, nkv = layer.spec.num_heads, layer.spec.num_kv_heads
+    mass = g.op("ReduceSum", [probs, g.init(f"axes/{i}/q", np.array([2], np.int64))], keepdims=0)
+    grouped = g.op("Reshape", [mass, g.init(f"shape/{i}/grouped", np.array([0, nkv, nh // nkv, -1], np.int64))])
+    mass = g.op("ReduceSum", [grouped, g.init(f"axes/{i}/g", np.array([2], np.int64))], keepdims=0)
+    cap = g.op("Slice", [g.op("Shape", [past_k]), g.init("s2", np.array([2], np.int64)), g.init("s3", np.array([3], np.int64))])
+    total = g.op("Slice", [g.op("Shape", [mass]), g.init("s2", np.array([2], np.int64)), g.init("s3", np.array([3], np.int64))])
+    pads = g.op("Concat", [g.init("zeros5", np.zeros(5, np.int64)), g.op("Sub", [cap, total])], axis=0)
+    mass = g.op("Pad", [mass, pads])
+    g.output(mass, layer.io.attention_mass[i], TensorProto.FLOAT, ["batch", nkv, "capacity"])
+
+
+def mlp(g: Graph, layer: Layer, i: int, h: str) -> str:
+    """h (B, S, H) -> gate, up (B, S, I) -> act(gate) * up -> down (B, S, H); act is SiLU or tanh-GELU."""
+    weights, outliers, acc = layer.weights, layer.outliers, layer.accuracy_level
+    p = f"model.layers.{i}."
+    m = p + "mlp."
+    inter = weights[m + "gate_proj.weight"].shape[0]
+    fused = fuse([weights[m + "gate_proj.weight"], weights[m + "up_proj.weight"]], [None, None])
+    if fused is not None:
+        gate, up = g.op("Split", [linear(g, h, fused[0], m + "gate_up_proj", None, acc, outliers.get(p + "mlp_in")),
+                                  g.init(m + "split", np.array([inter, inter], np.int64))], n_out=2, axis=-1)
+    else:
+        gate = linear(g, h, weights[m + "gate_proj.weight"], m + "gate_proj", None, acc, outliers.get(p + "mlp_in"))
+        up = linear(g, h, weights[m + "up_proj.weight"], m + "up_proj", None, acc, outliers.get(p + "mlp_in"))
+    if layer.spec.activation == "silu":
+        act = g.op("QuickGelu", [gate], domain=MS, alpha=1.0)          # x * sigmoid(x)
+    else:
+        act = g.op("FastGelu", [gate], domain=MS)                       # tanh-approximated GELU
+    return linear(g, g.op("Mul", [act, up]), weights[m + "down_proj.weight"], m + "down_proj", None, acc)
+
+
+def head(g: Graph, layer: Layer, table, embed_name: str | None, pending: str, residual: str, keep: str,
+         head_topk: int) -> str:
+    """The last `keep` positions (B, keep, H) -> final norm -> lm_head (shared with a tied embedding)
+    -> logits (B, keep, V), soft-capped (Gemma)."""
+    spec, weights, outliers, acc, H = layer.spec, layer.weights, layer.outliers, layer.accuracy_level, layer.spec.hidden_size
     start = g.op("Neg", [g.op("Unsqueeze", [keep, g.init("axes/0", np.array([0], np.int64))])])
     end, axis = g.init("slice/end", np.array([2 ** 62], np.int64)), g.init("slice/axis", np.array([1], np.int64))
     pending = g.op("Slice", [pending, start, end, axis])
@@ -428,26 +497,19 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
     head_outliers = None if head_topk else outliers.get("head_in")       # the re-scored head reads the norm as is
     final_norm = g.init("model.norm.weight", fold_outliers(weights["model.norm.weight"], head_outliers))
     h = g.op("SkipSimplifiedLayerNormalization", [pending, residual, final_norm],
-             domain=MS, epsilon=eps)
-    head = weights.get("lm_head.weight", table)
-    if isinstance(head, np.ndarray) and head is table and not isinstance(table, NBitsWeight):
+             domain=MS, epsilon=spec.rms_norm_eps)
+    lm_head = weights.get("lm_head.weight", table)
+    if isinstance(lm_head, np.ndarray) and lm_head is table and not isinstance(table, NBitsWeight):
         flat = g.op("Reshape", [h, g.init("shape/flat", np.array([-1, H], np.int64))])      # share the table
         logits = g.op("Gemm", [flat, embed_name], transB=1)
         logits = g.op("Reshape", [logits, g.op("Concat", [g.op("Slice", [g.op("Shape", [h]), g.init("s0", np.array([0], np.int64)),
                                                                            g.init("s2", np.array([2], np.int64))]),
                                                           g.init("vocab", np.array([spec.vocab_size], np.int64))], axis=0)])
-    elif head_topk and head is table and isinstance(table, NBitsWeight):
-        logits = topk_rescored_head(g, h, table, head_topk, accuracy_level, H)
+    elif head_topk and lm_head is table and isinstance(table, NBitsWeight):
+        logits = topk_rescored_head(g, h, table, head_topk, acc, H)
     else:
-        logits = linear(g, h, head, "embed" if head is table else "lm_head", None, accuracy_level, head_outliers)
+        logits = linear(g, h, lm_head, "embed" if lm_head is table else "lm_head", None, acc, head_outliers)
     if spec.final_logit_softcap:
         c = g.init("logit_softcap", np.array(spec.final_logit_softcap, np.float32))
         logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c])]), c])
-    if ft == TensorProto.FLOAT16:
-        logits = g.op("Cast", [logits], to=TensorProto.FLOAT)
-    g.output(logits, io.logits, TensorProto.FLOAT, ["batch", "keep", spec.vocab_size])
-
-    graph = helper.make_graph(g.nodes, "slm_decoder", g.inputs, g.outputs, g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
-                              ir_version=IR_VERSION, producer_name="slm")
-    return model, io, kv_names | (scale_names if quant_attrs else {})
+    return logits

@@ -10,7 +10,7 @@
 The text (CALIBRATION_TEXT) is written for this purpose: a mix of prose, dialogue, code, numbers,
 a list and JSON, read once as plain text and once through the chat template (so the template's
 special tokens and a system prompt are seen). It is neither evaluation data (the long-context tasks
-in runtime/longctx, the perplexity texts of bench/kv_dtype_quality.py) nor a test prompt, so scores
+in evals/longctx, the perplexity texts of bench/kv_dtype_quality.py) nor a test prompt, so scores
 measured with these scales are not fitted to what they measure.
 """
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from slm.errors import SlmError
 
 CALIBRATION_TEXT = """\
 The ferry left the harbour a little after six, while the fog still sat on the water like wet wool.
@@ -98,7 +100,12 @@ def measure_kv(model_file: Path, kv: dict, dims, texts: list[list[int]], io,
     num_kv_heads, tokens, head_dim/2) (rotate-half pairs: what a key is at any position) and values
     (num_layers, num_kv_heads, tokens, head_dim). `dims`: anything with num_layers, num_kv_heads and
     head_dim (export's Spec); a text longer than `max_len` tokens runs in pieces."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SlmError("calibrating the int8/int4 KV cache scales runs the exported graph on ONNX Runtime, which "
+                       "is not installed: pip install 'slm[cpu,export]' (or 'slm[cuda,export]'); an fp16 export "
+                       "(--quant fp16) needs none") from None
 
     L, H, D = dims.num_layers, dims.num_kv_heads, dims.head_dim
     norms, vals = [], []

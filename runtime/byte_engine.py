@@ -25,6 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from runtime.detokenizer import ByteDetokenizer
 from runtime.events import GenerationEvent, KVStats
 from runtime.eviction import make_policy
 from runtime.kv_cache import EvictionConfig, KVCache, parse_budget
+from runtime.options import EngineOptions
 from runtime.sampling import SamplingParams, make_rng, sample
 from runtime.session import open_session
 from runtime.stops import StopMatcher
@@ -83,8 +85,9 @@ class ByteCache:
     """One conversation: the global cache (one slot per patch), the local cache of the current patch,
     the bytes of that patch so far and their context from the global model."""
 
-    def __init__(self, manifest: Manifest, capacity: int, device: str, attention_stats: bool = False):
-        self.glob = KVCache(manifest, capacity, device, attention_stats=attention_stats)
+    def __init__(self, manifest: Manifest, capacity: int, device: str, attention_stats: bool = False,
+                 statistics: tuple = ()):
+        self.glob = KVCache(manifest, capacity, device, attention_stats=attention_stats, statistics=statistics)
         self.local = LocalCache(manifest)
         self.context = np.zeros((manifest.patches.patch_size, manifest.patches.local_dims.hidden_size), np.float32)
         self.local_step = None          # the engine's fixed one-byte binding of the local graph, made on first use
@@ -111,13 +114,13 @@ class ByteCache:
 
 
 class ByteEngine:
-    def __init__(self, package: str | Path, *, provider: str = "auto", threads: int | None = None,
-                 kv_budget: str | int | None = None, kv_policy: str = "none", evict_chunk: int | None = None,
-                 keep_recent: int | None = None, protect_chat: bool = True, prefill_chunk: int | None = None,
-                 lookup: int = 0, kv_dtype: str | None = None):
+    def __init__(self, package: str | Path, options: EngineOptions = EngineOptions(), **changes):
         """As runtime.Engine; evict_chunk, keep_recent and prefill_chunk count patches (global slots).
         protect_chat is not applied: a byte package protects only the first 4 slots (the pad patch
         and the opening) and the newest `keep_recent`. kv_dtype: byte packages have an fp32 cache only."""
+        self.options = o = replace(options, **changes)
+        provider, threads, kv_budget, kv_policy, kv_dtype = o.provider, o.threads, o.kv_budget, o.kv_policy, o.kv_dtype
+        evict_chunk, keep_recent, prefill_chunk, lookup = o.evict_chunk, o.keep_recent, o.prefill_chunk, o.lookup
         self.path = Path(package)
         self.manifest = m = read_manifest(self.path)
         if kv_dtype not in (None, "fp32", "float32"):
@@ -174,18 +177,17 @@ class ByteEngine:
     # --- the model calls -------------------------------------------------------------------------
     def new_cache(self, capacity: int | None = None) -> ByteCache:
         """capacity: global slots (patches); default the engine's budget."""
-        return ByteCache(self.manifest, capacity or self.capacity_patches, self.device, bool(self.stats_outputs))
+        return ByteCache(self.manifest, capacity or self.capacity_patches, self.device, bool(self.stats_outputs),
+                         self.policy.statistics if self.policy is not None else ())
 
     def eviction_for(self, cache: ByteCache, protected: tuple = ()) -> EvictionConfig:
-        return EvictionConfig(policy=self.policy, evict_chunk=self.evict_chunk or max(1, cache.capacity // 8),
-                              keep_recent=cache.capacity // 8 if self.keep_recent is None else self.keep_recent,
-                              protected=protected)
+        return cache.glob.eviction(self.policy, self.evict_chunk, self.keep_recent, protected)
 
     def _global(self, cache: ByteCache, rows: np.ndarray, eviction: EvictionConfig) -> None:
         """Feed patches `rows` (n, P) after what the global cache holds, in chunks that leave room to
         evict; the context of the patch after the last lands in cache.context."""
         glob, io, kv = cache.glob, self.manifest.io, self.manifest.kv
-        step = max(1, min(self.prefill_chunk, glob.capacity // 4))
+        step = glob.chunk_size(self.prefill_chunk)
         out = np.zeros((1, 1) + cache.context.shape, np.float32)
         for start in range(0, len(rows), step):
             chunk = rows[start:start + step]
@@ -207,10 +209,7 @@ class ByteEngine:
             for name, buf in zip(self.stats_outputs, glob.mass_ort):
                 b.bind_ortvalue_output(name, buf)
             self.session.run_with_iobinding(b)
-            glob.append(n)
-            if self.stats_outputs:
-                glob.observe(n)
-            glob.history.extend(tuple(row) for row in chunk.tolist())
+            glob.commit([tuple(row) for row in chunk.tolist()])
         cache.context[:] = out[0, 0]
         cache.local.length = 0
 

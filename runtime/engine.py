@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +24,10 @@ from runtime.chat_template import compile_template
 from runtime.constraint import Constraint, Grammars, Guide
 from runtime.detokenizer import StreamingDetokenizer
 from runtime.events import GenerationEvent, KVStats
-from runtime.eviction import make_policy
-from runtime.kv_cache import EvictionConfig, KVCache, parse_budget
+from runtime.eviction import Statistic, make_policy
+from runtime.kv_cache import EvictionConfig, KVCache, capacity_of
 from runtime.lookup import PromptLookup
+from runtime.options import EngineOptions
 from runtime.sampling import SamplingParams, accept_or_resample, make_rng, sample
 from runtime.session import open_session
 from runtime.stops import StopMatcher
@@ -36,31 +39,33 @@ PREFILL_CHUNK = 512     # tokens per prefill call: bounds activation memory for 
 # probabilities of a prefill call at once: `python bench/stats_rss.py` (3,900-token prompt, 2,048-token
 # h2o cache) peaked at 734 MiB with 128-token chunks, 571 at 64, 491 at 32 (plain graph: 495), 448 at 16.
 STATS_PREFILL_CHUNK = 32
-DEFAULT_CAPACITY = 4096  # KV slots when no budget is given (the model's context if smaller)
 
 
 class Engine:
-    def __new__(cls, package: str | Path, **options):
+    def __new__(cls, package: str | Path, options: EngineOptions = EngineOptions(), **changes):
         """A byte package (architecture megabyte) opens as runtime.byte_engine.ByteEngine, with the
         same options and the same generate/new_cache/kv_stats; everything else as below."""
         if cls is Engine and read_manifest(Path(package)).patches is not None:
             from runtime.byte_engine import ByteEngine
-            return ByteEngine(package, **options)
+            return ByteEngine(package, options, **changes)
         return super().__new__(cls)
 
-    def __init__(self, package: str | Path, *, provider: str = "auto", threads: int | None = None,
-                 kv_budget: str | int | None = None, kv_policy: str = "none", evict_chunk: int | None = None,
-                 keep_recent: int | None = None, protect_chat: bool = True, prefill_chunk: int | None = None,
-                 lookup: int = 0, kv_dtype: str | None = None):
-        """kv_budget: tokens or bytes ("16MiB"); kv_policy: see runtime.eviction.POLICIES.
-        evict_chunk: slots freed per eviction (default 1/8 of the budget); keep_recent: newest tokens
-        never evicted (default 1/8 of the budget); protect_chat: never evict the system prompt and the
-        current user turn; prefill_chunk: tokens per prefill call (default PREFILL_CHUNK, or
-        STATS_PREFILL_CHUNK when the policy reads attention statistics); lookup: tokens drafted per
-        step by prompt lookup decoding (runtime.lookup; 0 = off): same output, fewer graph calls
-        where the reply repeats its context; kv_dtype: the KV cache's storage, fp32 | fp16 | int8 | int4
-        (default: the package's), one of the package's exported KV graphs; a byte budget counts tokens
-        at that dtype."""
+    def __init__(self, package: str | Path, options: EngineOptions = EngineOptions(), **changes):
+        """`options` (runtime.options.EngineOptions) say how to run the package; keyword `changes`
+        replace some of its fields (`Engine(path, kv_budget="8MiB", kv_policy="h2o")`), and the
+        result is `self.options`, which opens another package the same way. kv_budget: tokens or
+        bytes ("16MiB"); kv_policy: see runtime.eviction.POLICIES. evict_chunk: slots freed per
+        eviction (default 1/8 of the budget); keep_recent: newest tokens never evicted (default 1/8
+        of the budget); protect_chat: never evict the system prompt and the current user turn;
+        prefill_chunk: tokens per prefill call (default PREFILL_CHUNK, or STATS_PREFILL_CHUNK when
+        the policy reads attention statistics); lookup: tokens drafted per step by prompt lookup
+        decoding (runtime.lookup; 0 = off): same output, fewer graph calls where the reply repeats
+        its context; kv_dtype: the KV cache's storage, fp32 | fp16 | int8 | int4 (default: the
+        package's), one of the package's exported KV graphs; a byte budget counts tokens at that dtype."""
+        self.options = o = replace(options, **changes)
+        provider, threads, kv_budget, kv_policy, kv_dtype = o.provider, o.threads, o.kv_budget, o.kv_policy, o.kv_dtype
+        evict_chunk, keep_recent, prefill_chunk, lookup = o.evict_chunk, o.keep_recent, o.prefill_chunk, o.lookup
+        protect_chat = o.protect_chat
         self.path = Path(package)
         self.manifest = read_manifest(self.path)
         m = self.manifest
@@ -97,7 +102,7 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file
             raise PackageError(f"{str(self.path / m.tokenizer_file)!r} is not a tokenizers file ({e})") from None
         self.template = compile_template(m.chat_template) if m.chat_template else None
-        self.capacity = parse_budget(kv_budget, m, self.kv_dtype) or min(m.kv.default_capacity, DEFAULT_CAPACITY)
+        self.capacity = capacity_of(kv_budget, m, self.kv_dtype)
         self.evict_chunk, self.keep_recent = evict_chunk, keep_recent
         self.protect_chat = protect_chat
         for name, value, least in (("prefill_chunk", prefill_chunk, 1), ("evict_chunk", evict_chunk, 1),
@@ -112,6 +117,7 @@ class Engine:
         self.prefill_chunk = prefill_chunk or (STATS_PREFILL_CHUNK if self.stats_outputs else PREFILL_CHUNK)
         self.device = "cuda" if self.provider == "cuda" else "cpu"
         self.eos_ids = frozenset(m.eos_token_ids)
+        self._decode_bindings: weakref.WeakKeyDictionary[KVCache, _DecodeBinding] = weakref.WeakKeyDictionary()
         self.cache = self.new_cache()
         self._lock = threading.Lock()
         self._grammars: Grammars | None = None     # built on the first constrained request
@@ -148,9 +154,13 @@ class Engine:
             return self._grammars
 
     # --- the two model calls -----------------------------------------------------------------------
-    def new_cache(self, capacity: int | None = None) -> KVCache:
+    def new_cache(self, capacity: int | None = None, *, statistics: tuple[Statistic, ...] | None = None) -> KVCache:
+        """A fresh cache of `capacity` slots (default the budget's), keeping the statistics the
+        engine's policy reads (or `statistics`, for another policy passed in an EvictionConfig)."""
+        if statistics is None:
+            statistics = self.policy.statistics if self.policy is not None else ()
         return KVCache(self.manifest, capacity or self.capacity, self.device, attention_stats=bool(self.stats_outputs),
-                       kv_dtype=self.kv_dtype, scales=self.kv_scales)
+                       kv_dtype=self.kv_dtype, scales=self.kv_scales, statistics=statistics)
 
     def _bind(self, cache: KVCache, binding: ort.IOBinding) -> None:
         kv = self.manifest.kv
@@ -166,11 +176,8 @@ class Engine:
             binding.bind_ortvalue_input(v_name, v_scale)
 
     def eviction_for(self, cache: KVCache, protected: tuple = ()) -> EvictionConfig:
-        """When and how much to evict in `cache`: by default 1/8 of its capacity at a time, and its
-        newest 1/8 never."""
-        return EvictionConfig(policy=self.policy, evict_chunk=self.evict_chunk or max(1, cache.capacity // 8),
-                              keep_recent=cache.capacity // 8 if self.keep_recent is None else self.keep_recent,
-                              protected=protected)
+        """How `cache` evicts under this engine's policy and options (KVCache.eviction has the defaults)."""
+        return cache.eviction(self.policy, self.evict_chunk, self.keep_recent, protected)
 
     def prefill(self, cache: KVCache, ids: list[int], eviction: EvictionConfig | None = None,
                 cancel: threading.Event | None = None) -> np.ndarray | None:
@@ -179,8 +186,7 @@ class Engine:
         (the cache then holds the chunks fed so far, consistently with its history)."""
         out = np.zeros((1, 1, self.manifest.dims.vocab_size), np.float32)
         eviction = eviction or self.eviction_for(cache)
-        # a chunk leaves room to evict around it
-        step = max(1, min(self.prefill_chunk, cache.capacity // 4))
+        step = cache.chunk_size(self.prefill_chunk)
         for start in range(0, len(ids), step):
             if cancel is not None and cancel.is_set():
                 return None
@@ -197,7 +203,7 @@ class Engine:
         """One graph call on `chunk` after what the cache holds; the logits of its last out.shape[1]
         positions land in `out`."""
         io, n = self.manifest.io, len(chunk)
-        self._make_room(cache, n, eviction)
+        cache.make_room(n, eviction)
         binding = self.session.io_binding()
         binding.bind_cpu_input(io.input_ids, np.array([chunk], np.int64))
         binding.bind_cpu_input(io.position_ids, np.arange(cache.next_position, cache.next_position + n, dtype=np.int64)[None])
@@ -207,36 +213,27 @@ class Engine:
         self._bind(cache, binding)
         binding.bind_ortvalue_output(io.logits, ort.OrtValue.ortvalue_from_numpy(out))
         self.session.run_with_iobinding(binding)
-        cache.append(n)
-        cache.history.extend(chunk)
-        if self.stats_outputs:
-            cache.observe(n)
+        cache.commit(chunk)
 
     def decode_step(self, cache: KVCache, token: int, eviction: EvictionConfig | None = None) -> np.ndarray:
         """Feed one token; return its logits (vocab,). The step's inputs live in fixed numpy arrays
         bound once per cache, so a step writes four numbers and runs the graph."""
-        self._make_room(cache, 1, eviction or self.eviction_for(cache))
-        step = cache.decode_binding
-        if step is None:
-            step = cache.decode_binding = _DecodeBinding(self, cache)
+        cache.make_room(1, eviction or self.eviction_for(cache))
+        step = self.decode_binding(cache)
         step.input_ids[0, 0] = token
         step.position_ids[0, 0] = cache.next_position
         step.seqlens_k[0] = cache.length
         step.total_len[()] = cache.length + 1
         self.session.run_with_iobinding(step.binding)
-        cache.append(1)
-        cache.history.append(token)
-        if self.stats_outputs:
-            cache.observe(1)
+        cache.commit((token,))
         return step.logits[0, 0]
 
-    def _make_room(self, cache: KVCache, n: int, eviction: EvictionConfig) -> None:
-        if cache.next_position + n > self.manifest.dims.max_positions:
-            if eviction.policy is None:
-                raise PromptTooLongError(f"position {cache.next_position + n} is past the model's rotary table "
-                                         f"({self.manifest.dims.max_positions}); start a new conversation")
-            cache.reposition()
-        cache.make_room(n, eviction)
+    def decode_binding(self, cache: KVCache) -> _DecodeBinding:
+        """The fixed one-token binding of `cache`'s buffers, made on first use (kept while the cache lives)."""
+        step = self._decode_bindings.get(cache)
+        if step is None:
+            step = self._decode_bindings[cache] = _DecodeBinding(self, cache)
+        return step
 
     # --- the loop --------------------------------------------------------------------------------
     def generate(self, prompt: str | list[dict], *, params: SamplingParams = SamplingParams(),
@@ -267,7 +264,7 @@ class Engine:
 
     def _generate(self, prompt, ids, params, max_tokens, stop, cancel, cache, t0, eos_ids, guide, tools):
         bounded = self.policy is None          # no eviction: the budget and the context are hard limits
-        limit = min(cache.capacity, self.manifest.dims.max_positions)
+        limit = cache.limit
         if bounded and len(ids) >= limit:
             raise PromptTooLongError(f"the prompt has {len(ids)} tokens; this model and KV budget take at most "
                                      f"{limit - 1} prompt tokens (context {self.manifest.dims.max_positions}, "
@@ -303,7 +300,7 @@ class Engine:
                         finish = "stop"
                     elif guide is not None and guide.complete_at == n:     # the grammar takes no more
                         text, finish = text + stops.flush(detok.flush()), "stop"
-                    elif n >= max_tokens or (bounded and cache.length + 1 > limit):
+                    elif n >= max_tokens or (bounded and not cache.fits(1)):
                         text, finish = text + stops.flush(detok.flush()), "length"
                     elif cancel is not None and cancel.is_set():
                         text, finish = text + stops.flush(detok.flush()), "cancelled"
@@ -312,9 +309,8 @@ class Engine:
                 if finish:
                     return
                 tokens[len(ids) + n - 1] = token
-            room = limit - cache.length - 2 if bounded else cache.capacity // 4 - 1
             chosen, drafted = self._advance(cache, tokens[:len(ids) + n], eviction, params, rng, penalty,
-                                            min(room, draft_len), guide)
+                                            min(cache.draft_room(evicts=not bounded), draft_len), guide)
             if drafted:   # Hugging Face's assisted-generation schedule: +2 after a full hit, -1 after a miss
                 draft_len = min(draft_len + 2, self.lookup.max_draft) if len(chosen) > drafted else max(1, draft_len - 1)
 

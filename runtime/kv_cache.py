@@ -22,15 +22,22 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from runtime.eviction import CacheView, Policy
-from runtime.eviction.base import OPENING, SPECTRUM_HALF_LIVES
+from runtime.eviction import EVICTING, STATISTICS, CacheView, Policy, Statistic
 from runtime.kv_quant import PER_BYTE, STORAGE, dequantize, quantize
-from slm.errors import BudgetExceededError, SlmError
+from slm.errors import BudgetExceededError, PromptTooLongError, SlmError
 from slm.package import Manifest
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3,
           "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
-RECENT_HALF_LIFE = 16           # queries: the observation window of `recent` statistics
+
+
+DEFAULT_CAPACITY = 4096  # KV slots when no budget is given (the model's context if smaller)
+
+
+def capacity_of(budget: str | int | None, manifest: Manifest, dtype: str | None = None) -> int:
+    """A --kv-budget (tokens or bytes, see parse_budget) as KV slots; no budget: DEFAULT_CAPACITY,
+    or the model's context if that is smaller."""
+    return parse_budget(budget, manifest, dtype) or min(manifest.kv.default_capacity, DEFAULT_CAPACITY)
 
 
 def parse_budget(text: str | int | None, manifest: Manifest, dtype: str | None = None) -> int | None:
@@ -78,11 +85,27 @@ class EvictionConfig:
     protected: tuple[tuple[int, int], ...] = ()   # true-position ranges never evicted (system prompt, current turn)
 
 
+@dataclass(frozen=True)
+class CacheSnapshot:
+    """A cache's whole state at one moment (KVCache.snapshot), to go back to with KVCache.restore."""
+    keys: tuple[np.ndarray, ...]
+    values: tuple[np.ndarray, ...]
+    positions: np.ndarray
+    stats: dict[str, np.ndarray]
+    length: int
+    next_position: int
+    history: tuple[int, ...]
+    evicted: int
+
+
 class KVCache:
     def __init__(self, manifest: Manifest, capacity: int, device: str = "cpu", attention_stats: bool = False,
-                 kv_dtype: str | None = None, scales: tuple[np.ndarray, np.ndarray] | None = None):
+                 kv_dtype: str | None = None, scales: tuple[np.ndarray, np.ndarray] | None = None,
+                 statistics: Sequence[Statistic] | None = None):
         """kv_dtype: a dtype of the package's (manifest names, default its own); scales: a quantized
-        cache's (key, value) scales, each (num_layers, num_kv_heads, head_dim) float32."""
+        cache's (key, value) scales, each (num_layers, num_kv_heads, head_dim) float32; statistics:
+        the per-slot statistics to keep (those the evicting policy reads, `Policy.statistics`;
+        None: every policy's), folded from the graph's attention mass when `attention_stats`."""
         d = manifest.dims
         self.kv_dtype = kv_dtype or manifest.kv.dtype
         dtype = STORAGE[self.kv_dtype]
@@ -111,35 +134,72 @@ class KVCache:
             (self.k_scale.nbytes + self.v_scale.nbytes if scales is not None else 0)
         stats_shape = (d.num_layers, d.num_kv_heads, capacity)
         self.positions = np.zeros(stats_shape, np.int64)   # true position of the token in each slot
-        self.cumulative = np.zeros(stats_shape, np.float32)
-        self.recent = np.zeros(stats_shape, np.float32)
-        self.last = np.zeros(stats_shape, np.float32)
-        self.spectrum = np.zeros((len(SPECTRUM_HALF_LIVES),) + stats_shape, np.float32)
-        self.opening = np.zeros(stats_shape, np.float32)
+        self.statistics = tuple(STATISTICS.values() if statistics is None else statistics)
+        self.stats = {s.name: np.zeros(((s.bank,) if s.bank else ()) + stats_shape, np.float32) for s in self.statistics}
         # where the graph writes each layer's attention mass per slot (padded to capacity), bound once
         self.mass = np.zeros((d.num_layers, 1, d.num_kv_heads, capacity), np.float32) if attention_stats else None
         self.mass_ort = [ort.OrtValue.ortvalue_from_numpy(m) for m in self.mass] if attention_stats else []
-        self.decode_binding = None                      # the engine's fixed one-token binding, made on first use
         self.reset()
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        """A kept statistic by name (cache.cumulative, cache.spectrum, ...)."""
+        stats = self.__dict__.get("stats")
+        if stats is not None and name in stats:
+            return stats[name]
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}"
+                             + (f" (statistics kept: {', '.join(stats) or 'none'})" if name in STATISTICS else ""))
 
     def reset(self) -> None:
         self.length = 0             # slots in use
         self.next_position = 0      # true position of the next token
         self.history: list[int] = []  # every token fed, in order (the logical conversation)
         self.evicted = 0
-        self.cumulative[:] = 0
-        self.recent[:] = 0
-        self.last[:] = 0
-        self.spectrum[:] = 0
-        self.opening[:] = 0
+        for value in self.stats.values():
+            value[:] = 0
+
+    # --- the budget ------------------------------------------------------------------------------
+    def eviction(self, policy: Policy | None, evict_chunk: int | None = None, keep_recent: int | None = None,
+                 protected: tuple[tuple[int, int], ...] = ()) -> EvictionConfig:
+        """When and how much to evict here: by default 1/8 of the capacity at a time, and the newest
+        1/8 never."""
+        return EvictionConfig(policy=policy, evict_chunk=evict_chunk or max(1, self.capacity // 8),
+                              keep_recent=self.capacity // 8 if keep_recent is None else keep_recent,
+                              protected=protected)
+
+    @property
+    def limit(self) -> int:
+        """Tokens this cache holds without evicting: its capacity, or the rotary table if shorter."""
+        return min(self.capacity, self.manifest.dims.max_positions)
+
+    def fits(self, n: int) -> bool:
+        """Whether `n` more tokens fit without evicting."""
+        return self.length + n <= self.limit
+
+    def chunk_size(self, preferred: int) -> int:
+        """Tokens per graph call when feeding many: at most a quarter of the capacity, so that a
+        chunk leaves room to evict around it."""
+        return max(1, min(preferred, self.capacity // 4))
+
+    def draft_room(self, evicts: bool) -> int:
+        """Drafted tokens one call may check after the token it feeds: with eviction, a chunk's worth;
+        without, what still fits (less one, so that the token chosen after them fits too)."""
+        return self.chunk_size(self.capacity) - 1 if evicts else self.limit - self.length - 2
+
+    # --- what the graph wrote ------------------------------------------------------------------
+    def commit(self, tokens: Sequence[int]) -> None:
+        """Record a graph call that appended `tokens` (their keys and values, and when the graph
+        outputs them, their attention mass) after what the cache held."""
+        self.append(len(tokens))
+        self.history.extend(tokens)
+        if self.mass is not None:
+            self.observe(len(tokens))
 
     def append(self, n: int) -> None:
         """Record that the graph appended n tokens at slots [length, length+n)."""
         new = slice(self.length, self.length + n)
         self.positions[:, :, new] = np.arange(self.next_position, self.next_position + n)
-        for stat in (self.cumulative, self.recent, self.last, self.opening):
-            stat[:, :, new] = 0.0               # slots freed by eviction hold stale statistics
-        self.spectrum[..., new] = 0.0
+        for value in self.stats.values():
+            value[..., new] = 0.0               # slots freed by eviction hold stale statistics
         self.length += n
         self.next_position += n
 
@@ -160,31 +220,37 @@ class KVCache:
 
     def observe(self, n_queries: int) -> None:
         """Fold the step's attention mass (written by the graph into `self.mass`, summed over the
-        step's n queries, whose tokens are the last n slots) into the statistics policies read."""
+        step's n queries, whose tokens are the last n slots) into the statistics kept."""
         n = self.length
         m = self.mass[:, 0, :, :n]                          # (L, H, length)
-        # what the step's queries read in the opening: the step's tokens' own (query-aware) statistic;
-        # slots hold increasing positions, so the opening's tokens sit in the first OPENING[1] slots
-        head = min(n, OPENING[1])
-        pos = self.positions[:, :, :head]
-        read = np.where((pos >= OPENING[0]) & (pos < OPENING[1]), m[..., :head], 0).sum(-1)
-        self.opening[:, :, n - n_queries:n] = (read / n_queries)[..., None]
-        self.cumulative[:, :, :n] += m
-        decay = 0.5 ** (n_queries / RECENT_HALF_LIFE)
-        self.recent[:, :, :n] *= decay
-        self.recent[:, :, :n] += m / n_queries
-        self.last[:, :, :n] = m / n_queries
-        decays = 0.5 ** (n_queries / np.asarray(SPECTRUM_HALF_LIVES, np.float32))
-        self.spectrum[..., :n] *= decays[:, None, None, None]
-        self.spectrum[..., :n] += m / n_queries
+        positions = self.positions[:, :, :n]
+        for statistic in self.statistics:
+            statistic.fold(self.stats[statistic.name][..., :n], m, n_queries, positions)
 
     def view(self) -> CacheView:
         n = self.length
-        return CacheView(positions=self.positions[:, :, :n], cumulative=self.cumulative[:, :, :n],
-                         recent=self.recent[:, :, :n], last=self.last[:, :, :n], spectrum=self.spectrum[..., :n],
-                         opening=self.opening[:, :, :n],
+        return CacheView(positions=self.positions[:, :, :n],
                          keys=[k[0, :, :n] for k in self.keys] if self.k_scale is None else _FloatKeys(self),
-                         next_position=self.next_position)
+                         next_position=self.next_position, stats={k: v[..., :n] for k, v in self.stats.items()})
+
+    def snapshot(self) -> CacheSnapshot:
+        """The whole state (keys, values, statistics, history), to come back to with `restore`."""
+        if self.keys is None:
+            raise SlmError("a snapshot is taken of CPU caches only")
+        return CacheSnapshot(keys=tuple(k.copy() for k in self.keys), values=tuple(v.copy() for v in self.values),
+                             positions=self.positions.copy(), stats={k: v.copy() for k, v in self.stats.items()},
+                             length=self.length, next_position=self.next_position, history=tuple(self.history),
+                             evicted=self.evicted)
+
+    def restore(self, snap: CacheSnapshot) -> None:
+        """Back to `snap`, in place: the graph's bindings view these same buffers."""
+        for buf, saved in zip(self.keys + self.values, snap.keys + snap.values):
+            buf[...] = saved
+        self.positions[...] = snap.positions
+        for name, value in self.stats.items():
+            value[...] = snap.stats[name]
+        self.length, self.next_position, self.evicted = snap.length, snap.next_position, snap.evicted
+        self.history = list(snap.history)
 
     def float_keys(self, layer: int) -> np.ndarray:
         """A layer's cached keys (H, length, head_dim) as floats: a view, or dequantised codes."""
@@ -192,16 +258,28 @@ class KVCache:
         return dequantize(k, self.k_scale[layer], self.kv_dtype) if self.k_scale is not None else k
 
     def make_room(self, n: int, config: EvictionConfig) -> int:
-        """Evict so that `n` more tokens fit; return how many slots were freed (0 if they fit)."""
+        """Make `n` more tokens fit: re-position past the rotary table (StreamingLLM), then evict;
+        return how many slots were freed (0 if they fit)."""
+        max_positions = self.manifest.dims.max_positions
+        if self.next_position + n > max_positions:
+            if config.policy is None:
+                raise PromptTooLongError(f"position {self.next_position + n} is past the model's rotary table "
+                                         f"({max_positions}); start a new conversation")
+            self.reposition()
         if self.length + n <= self.capacity:
             return 0
         need = self.length + n - self.capacity
         if config.policy is None:
             raise BudgetExceededError(f"the KV budget of {self.capacity} tokens is full ({self.length} cached, "
                                       f"{n} more needed) and the eviction policy is 'none'; choose one with "
-                                      f"--kv-policy (streaming, h2o, tova, snapkv, knorm) or raise --kv-budget")
+                                      f"--kv-policy ({', '.join(EVICTING)}) "
+                                      f"or raise --kv-budget")
         if self.keys is None:
             raise SlmError("KV eviction runs on CPU caches only in this version; use --provider cpu with a budget")
+        missing = [s.name for s in config.policy.statistics if s.name not in self.stats]
+        if missing:
+            raise ValueError(f"policy {config.policy.name} reads statistics this cache does not keep ({', '.join(missing)}); "
+                             f"make the cache with that policy's (engine.new_cache(policy=...))")
         scores = np.array(config.policy.score(self.view()), np.float32, copy=True)   # (L, H, length)
         pos = self.positions[:, :, :self.length]
         locked = (pos >= self.next_position - config.keep_recent) | (pos < config.n_sink)
@@ -233,9 +311,9 @@ class KVCache:
         for layer, idx in enumerate(keep):
             for buf in (self.keys[layer], self.values[layer]):
                 buf[0, :, :m] = np.take_along_axis(buf[0, :, :self.length], idx[..., None], axis=1)
-        for stat in (self.positions, self.cumulative, self.recent, self.last, self.opening):
-            stat[:, :, :m] = np.take_along_axis(stat[:, :, :self.length], keep, axis=-1)
-        self.spectrum[..., :m] = np.take_along_axis(self.spectrum[..., :self.length], keep[None], axis=-1)
+        self.positions[:, :, :m] = np.take_along_axis(self.positions[:, :, :self.length], keep, axis=-1)
+        for value in self.stats.values():       # a bank of statistics: the same slots in each
+            value[..., :m] = np.take_along_axis(value[..., :self.length], keep.reshape((1,) * (value.ndim - 3) + keep.shape), axis=-1)
         self.length = m
 
     def reposition(self) -> None:

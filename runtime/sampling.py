@@ -20,7 +20,7 @@ tokens: the only randomness is one `rng.random()` per sampled token.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -40,6 +40,15 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @classmethod
+    def of(cls, source: object) -> "SamplingParams":
+        """The fields read off any object that names them (CLI flags, a request body, chat settings):
+        the one place that lists what a sampler takes."""
+        return cls(**{name: getattr(source, name) for name in SAMPLING_FIELDS})
+
+
+SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))     # temperature, top_k, ..., seed
 
 
 def _is_number(x: object) -> bool:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from slm.errors import PackageError
 from slm.package import MANIFEST
+from slm.sources import Source, resolve_source
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -43,29 +44,27 @@ def installed_packages() -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
 
 
-def resolve_package(model: str | None, *, export_if_needed: bool = True) -> Path:
-    """--model PACKAGE_OR_SOURCE -> a package folder.
-
-    A package folder is used as is. Anything else is a model source (HF folder, .gguf, hub id,
-    'default') exported into the cache once, then reused.
+def locate_package(model: str | None) -> tuple[Path, Source | None]:
+    """--model PACKAGE_OR_SOURCE -> (its package folder, None) when that folder is a package, else
+    (the cache folder its export goes to, the source to export there). Builds nothing: building
+    on demand is the CLI's (cli/packages.py), the one layer that may call export/.
     """
     if model is not None and Path(model).expanduser().is_dir() and (Path(model).expanduser() / MANIFEST).is_file():
-        return Path(model).expanduser()
+        return Path(model).expanduser(), None
     if model is not None and Path(model).expanduser().is_dir() and not (Path(model).expanduser() / "config.json").is_file() \
             and not list(Path(model).expanduser().glob("*.gguf")):
         raise PackageError(f"{model!r} is a folder but neither an slm package (no {MANIFEST}) nor a model source "
                            f"(no config.json or .gguf); accepted: a package from `slm export`/`slm pull`, a HF folder, "
                            f"a .gguf file or a hub id")
-    from slm.sources import resolve_source
     source = resolve_source(model)
     target = default_package() if model in (None, "default") else cache_dir() / f"{source.name}-{source.kind}"
-    if (target / MANIFEST).is_file():
-        return target
-    if not export_if_needed:
+    return (target, None) if (target / MANIFEST).is_file() else (target, source)
+
+
+def resolve_package(model: str | None) -> Path:
+    """--model -> a package folder that exists (a package, or a source exported into the cache before);
+    a PackageError saying how to make it otherwise."""
+    target, source = locate_package(model)
+    if source is not None:
         raise PackageError(f"no package for {model or 'the default model'} yet; run `slm pull` first")
-    from export import build_package     # needs the export extra (torch, transformers, onnx)
-    build_package(source, target)
-    if target == default_package():
-        from runtime.eviction.namm import install_scorer_file
-        install_scorer_file(target)         # the default model's evolved NAMM scorer
     return target

@@ -242,7 +242,7 @@ def test_padded_vocabulary_never_allows_ids_past_the_tokenizer(engine):
 def _slm(*args):
     import subprocess
     import sys
-    return subprocess.run([sys.executable, "-m", "slm.cli", *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=180)
 
 
 def test_cli_json_schema_regex_and_grammar(tiny_package, tmp_path):

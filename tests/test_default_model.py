@@ -5,11 +5,12 @@ import torch
 
 from export import build_package
 from runtime import Engine
-from runtime.longctx.tasks import DATA
-from slm.sources import load_model, resolve_source
+from evals.longctx.tasks import DATA
+from export.load import load_model
+from slm.sources import resolve_source
 from tests.test_export_parity import graph_logits
 
-HELD_OUT = DATA / "tinyshakespeare" / "input.txt"      # the project's copy (runtime/longctx/data)
+HELD_OUT = DATA / "tinyshakespeare" / "input.txt"      # the project's copy (evals/longctx/data)
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 

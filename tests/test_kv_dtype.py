@@ -229,7 +229,7 @@ def test_int8_composes_with_sliding_window_layers_and_statistics(gemma_package):
 def test_slm_chat_kv_dtype_int8_shows_the_capacity_in_the_meter(tiny_package, tmp_path, monkeypatch):
     """`slm chat --kv-dtype int8 --kv-budget 64KiB` through the real CLI, driven by Pilot."""
     pytest.importorskip("textual")
-    from slm import cli
+    from cli.main import main
     from tui.app import ChatApp
     from tui.widgets import StatusBar
 
@@ -244,7 +244,7 @@ def test_slm_chat_kv_dtype_int8_shows_the_capacity_in_the_meter(tiny_package, tm
             seen["capacity"] = app.engine.capacity
 
     monkeypatch.setattr(ChatApp, "run", lambda self: asyncio.run(asyncio.wait_for(scenario(self), 60)))
-    assert cli.main(["chat", "--model", str(tiny_package), "--kv-dtype", "int8", "--kv-budget", "64KiB"]) == 0
+    assert main(["chat", "--model", str(tiny_package), "--kv-dtype", "int8", "--kv-budget", "64KiB"]) == 0
     assert seen["capacity"] == 508                      # 4x the 128 fp32 tokens, less the scales
     assert "KV int8" in seen["meter"] and "0/508 tokens" in seen["meter"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from runtime.longctx import evaluate
+from evals.longctx import evaluate
 
 
 def _args(package, out, budgets):
@@ -51,8 +51,8 @@ def test_namm_is_evaluated_by_default_only_with_a_scorer(tiny_package, tmp_path)
     import shutil
 
     from evolve.cli import install
-    from runtime.eviction.namm import initial_vector
-    from runtime.longctx.evaluate import default_policies
+    from evolve.priors import initial_vector
+    from evals.longctx.evaluate import default_policies
     assert "namm" not in default_policies(tiny_package) and "h2o" in default_policies(tiny_package)
     pkg = tmp_path / "with-scorer"
     shutil.copytree(tiny_package, pkg)

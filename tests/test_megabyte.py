@@ -147,7 +147,7 @@ def test_stop_strings_and_a_chat_that_reuses_its_cache(byte_package):
 
 
 def _slm(*args):
-    return subprocess.run([sys.executable, "-m", "slm.cli", *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=180)
 
 
 def test_a_byte_package_answers_through_slm_generate(byte_package):
@@ -247,7 +247,7 @@ def test_a_byte_package_serves_the_openai_api(byte_package):
 
 
 def test_plain_chat_with_a_byte_package(byte_package):
-    out = subprocess.run([sys.executable, "-m", "slm.cli", "chat", "--plain", "--model", str(byte_package),
+    out = subprocess.run([sys.executable, "-m", "cli", "chat", "--plain", "--model", str(byte_package),
                           "--max-tokens", "12", "--threads", "1"],
                          input="Good morrow.\nAnd to you?\n", capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr

@@ -12,8 +12,9 @@ from evolve.cli import install
 from runtime import Engine
 from runtime.eviction import make_policy
 from runtime.eviction.base import CacheView
-from runtime.eviction.namm import (FEATURES, NAMM, BackwardAttentionMemory, initial_vector, load_scorer,
-                                   namm_features)
+from evolve.priors import initial_vector
+from runtime.eviction.namm import FEATURES, NAMM, BackwardAttentionMemory, namm_features
+from runtime.eviction.namm_file import load_scorer
 from runtime.kv_cache import KVCache
 from slm.errors import PackageError
 from slm.package import read_manifest
@@ -78,9 +79,9 @@ def _view(rng, L=2, H=3, n=40, next_position=300) -> CacheView:
     positions = np.sort(rng.choice(next_position - 1, (L, H, n), replace=True), axis=-1).astype(np.int64)
     age = next_position - positions
     cumulative = (rng.gamma(0.5, 1.0, (L, H, n)) * age / n).astype(np.float32)   # mass ~ age x a per-token rate
-    return CacheView(positions=positions, cumulative=cumulative, recent=cumulative / age, last=cumulative / age,
-                     keys=[], next_position=next_position,
-                     spectrum=np.repeat((cumulative / age)[None], 3, axis=0).astype(np.float32))
+    return CacheView(positions=positions, keys=[], next_position=next_position,
+                     stats={"cumulative": cumulative, "recent": cumulative / age, "last": cumulative / age,
+                            "spectrum": np.repeat((cumulative / age)[None], 3, axis=0).astype(np.float32)})
 
 
 def test_h2o_prior_evicts_what_h2o_evicts():
@@ -107,7 +108,7 @@ def test_vector_round_trip_and_size():
 
 
 def test_spectrum_is_an_ema_bank_of_the_attention_mass(tiny_package):
-    from runtime.eviction.base import SPECTRUM_HALF_LIVES
+    from runtime.eviction.namm import SPECTRUM_HALF_LIVES
     c = KVCache(read_manifest(tiny_package), capacity=8, attention_stats=True)
     c.append(4)
     c.mass[:, 0, :, :4] = 1.0
@@ -168,7 +169,7 @@ def test_namm_never_exceeds_the_budget(namm_package):
 
 
 def test_opening_is_what_each_step_read_in_the_conversations_opening(tiny_package):
-    from runtime.eviction.base import OPENING
+    from runtime.eviction.namm import OPENING
     c = KVCache(read_manifest(tiny_package), capacity=OPENING[1] + 8, attention_stats=True)
     c.append(OPENING[1] + 2)                # the opening and two tokens after it: one step of 2 queries
     n = c.length
@@ -221,14 +222,15 @@ def test_opening_prior_ranks_by_mean_attention_and_the_opening():
     base, _ = search_space(EvolveConfig(package="", search="skip", prior="opening"))
     view = _view(np.random.default_rng(4))
     age = view.next_position - view.positions
-    view = replace(view, cumulative=(age / view.positions.shape[-1]).astype(np.float32),
-                   opening=np.random.default_rng(5).uniform(0, 0.3, view.positions.shape).astype(np.float32))
+    opening = np.random.default_rng(5).uniform(0, 0.3, view.positions.shape).astype(np.float32)
+    view = replace(view, stats={**view.stats, "cumulative": (age / view.positions.shape[-1]).astype(np.float32),
+                                "opening": opening})
     scores = NAMM(BackwardAttentionMemory.from_vector(base)).score(view)
-    assert (np.argsort(scores, -1)[..., :10] == np.argsort(view.opening, -1)[..., :10]).all()
+    assert (np.argsort(scores, -1)[..., :10] == np.argsort(opening, -1)[..., :10]).all()
 
 
 def test_the_default_models_shipped_scorer_installs_and_evicts_within_budget(default_gguf_package, tmp_path):
-    from runtime.eviction.namm import SHIPPED, install_scorer_file
+    from runtime.eviction.namm_file import SHIPPED, install_scorer_file
     pkg = tmp_path / "default"
     shutil.copytree(default_gguf_package, pkg)
     bad = tmp_path / "bad.npz"

@@ -88,3 +88,36 @@ def test_compaction_moves_keys_with_their_positions(cache):
 def test_unknown_policy_is_named():
     with pytest.raises(SlmError, match="'lru' is unknown; accepted: none, streaming, h2o"):
         make_policy("lru")
+
+
+def test_each_policy_declares_what_it_reads_and_the_cache_keeps_only_that(tiny_package):
+    from runtime import Engine
+    assert [s.name for s in H2O.statistics] == ["cumulative"] and not KeyNorm().needs_attention
+    for policy, kept in (("h2o", {"cumulative"}), ("tova", {"last"}), ("snapkv", {"recent"}), ("streaming", set()),
+                         ("none", set())):
+        engine = Engine(tiny_package, threads=1, kv_budget=32, kv_policy=policy)
+        assert set(engine.cache.stats) == kept, policy
+        assert engine.new_cache(statistics=TOVA.statistics).stats.keys() == {"last"}
+    cache = Engine(tiny_package, threads=1, kv_budget=32, kv_policy="h2o").new_cache()
+    cache.append(32)
+    with pytest.raises(ValueError, match="tova reads statistics this cache does not keep"):
+        cache.make_room(1, EvictionConfig(policy=TOVA(), evict_chunk=1, keep_recent=0))
+    with pytest.raises(AttributeError, match="statistics kept: cumulative"):
+        cache.last
+
+
+def test_a_snapshot_restores_the_whole_cache_in_place(tiny_package):
+    """What evolve/heldout.py does between scoring an answer and generating one: the same logits after."""
+    from runtime import Engine
+    engine = Engine(tiny_package, threads=1, kv_budget=24, kv_policy="h2o", evict_chunk=4, keep_recent=2)
+    cache = engine.new_cache()
+    eviction = engine.eviction_for(cache)
+    logits = engine.prefill(cache, list(range(100, 140)), eviction)
+    snap, keys = cache.snapshot(), cache.keys[0]
+    first = engine.decode_step(cache, int(np.argmax(logits)), eviction).copy()
+    for token in range(200, 230):                  # evicts, re-orders slots, changes every statistic
+        engine.decode_step(cache, token, eviction)
+    cache.restore(snap)
+    assert cache.keys[0] is keys and cache.length == snap.length and cache.history == list(snap.history)
+    assert np.array_equal(cache.cumulative[:, :, :cache.length], snap.stats["cumulative"][:, :, :cache.length])
+    assert np.array_equal(engine.decode_step(cache, int(np.argmax(logits)), eviction), first)

@@ -9,7 +9,7 @@ from evolve.probes import budgeted, probe_of
 from evolve.survival import evidence_mask, kept_positions, main
 from runtime import Engine
 from runtime.eviction import make_policy
-from runtime.longctx.tasks import make_cases
+from evals.longctx.tasks import make_cases
 
 
 def test_evidence_mask_is_the_needle_sentence(tiny_package):

@@ -337,3 +337,37 @@ def test_multiline_input(db):
         run(scenario())
     finally:
         store.close()
+
+
+def test_a_model_switch_without_a_factory_keeps_every_engine_option(tiny_package, db, tmp_path, monkeypatch):
+    """An application starts the chat from Python with a 64-token int8 budget and streaming eviction,
+    and no factory: the package picked with Ctrl+O opens with the same options (capacity, policy,
+    dtype, eviction sizes, threads), not the 4,096-slot default."""
+    from runtime import EngineOptions
+    from tui.app import run_chat
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_package, cache / "another-tiny")
+    monkeypatch.setenv("SLM_CACHE", str(cache))
+    options = EngineOptions(threads=1, kv_budget=64, kv_policy="streaming", kv_dtype="int8", evict_chunk=8,
+                            keep_recent=4, lookup=2)
+    first = Engine(tiny_package, options)
+    seen = {}
+
+    async def scenario(app):
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            seen["before"] = str(app.query_one(StatusBar).render())
+            await pilot.press("ctrl+o", "enter")        # "another-tiny", the only installed package
+            await until(pilot, lambda: app.engine is not first)
+            await pilot.pause()
+            seen["after"] = str(app.query_one(StatusBar).render())
+            seen["engine"] = app.engine
+
+    monkeypatch.setattr(ChatApp, "run", lambda self: run(scenario(self)))
+    run_chat(first)
+    after = seen["engine"]
+    assert after.path.name == "another-tiny" and after.options == options
+    assert (after.capacity, after.kv_policy, after.kv_dtype) == (64, "streaming", "int8")
+    assert after.eviction_for(after.cache).evict_chunk == 8 and after.lookup.max_draft == 2
+    assert "0/64 tokens" in seen["after"] and "policy streaming" in seen["after"] and "KV int8" in seen["after"]
+    assert seen["after"] == seen["before"]

@@ -333,18 +333,16 @@ def run_chat(engine: Engine | None = None, *, system_prompt: str | None = None, 
     """Open the chat on `engine` (None: no model yet, the user picks one with Ctrl+O).
 
     `params`/`max_tokens` are the sampling of new conversations; `engine_factory` opens a picked
-    package (default: the same provider and KV policy as `engine`).
+    package (default: `Engine(path, engine.options)`, every option of `engine`).
     """
     defaults = ChatSettings()
     settings = ChatSettings.from_params(params, max_tokens or defaults.max_tokens) if params else defaults
     if engine_factory is None:
-        from runtime import Engine
+        from runtime import Engine, EngineOptions
+        options = getattr(engine, "options", None) or EngineOptions()
 
         def engine_factory(path: Path) -> Engine:
-            if engine is None:
-                return Engine(path)
-            return Engine(path, provider=engine.provider, kv_policy=engine.kv_policy,
-                          kv_dtype=KV_DTYPE_NAMES.get(getattr(engine, "kv_dtype", "")))
+            return Engine(path, options)        # every option of `engine`: budget, policy, dtype, threads...
     store = Store(db_path or default_db_path())
     try:
         ChatApp(engine, store, engine_factory=engine_factory, system_prompt=system_prompt, settings=settings).run()

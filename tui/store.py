@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from runtime.events import GenerationEvent
-from runtime.sampling import SamplingParams
+from runtime.sampling import SAMPLING_FIELDS, SamplingParams
 from slm.errors import SlmError
 
 SCHEMA_VERSION = 1
@@ -57,8 +57,7 @@ class ChatSettings:
     max_tokens: int = 512
 
     def params(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
-                              repetition_penalty=self.repetition_penalty, seed=self.seed)
+        return SamplingParams.of(self)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -68,9 +67,7 @@ class ChatSettings:
 
     @staticmethod
     def from_params(params: SamplingParams, max_tokens: int) -> "ChatSettings":
-        return ChatSettings(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                            min_p=params.min_p, repetition_penalty=params.repetition_penalty, seed=params.seed,
-                            max_tokens=max_tokens)
+        return ChatSettings(**{name: getattr(params, name) for name in SAMPLING_FIELDS}, max_tokens=max_tokens)
 
 
 @dataclass(frozen=True)

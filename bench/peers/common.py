@@ -20,18 +20,20 @@ import time
 from pathlib import Path
 
 
-def peak_rss_mib() -> float:
-    """This process's peak RSS (VmHWM: unlike ru_maxrss it is not inherited across fork+exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+def _load_resources():
+    """slm/resources.py (stdlib only), loaded by path: a peer's own environment has no slm installed."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[2] / "slm/resources.py"
+    spec = importlib.util.spec_from_file_location("slm_resources", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def size_mib(path: str | Path) -> float:
-    p = Path(path)
-    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
-    return sum(f.stat().st_size for f in files) / 2 ** 20
+peak_rss_mib = _load_resources().peak_rss_mib     # the one copy of each, whatever the environment
+
+
+size_mib = _load_resources().size_mib
 
 
 class TokenClock:

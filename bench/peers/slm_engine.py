@@ -5,12 +5,9 @@ quality: `Engine.prefill` / `Engine.decode_step` on token ids (greedy, and one t
 """
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from common import TokenClock, main, nll  # noqa: E402
+from common import TokenClock, main  # noqa: E402
 
 
 def speed(job: dict) -> dict:
@@ -31,27 +28,20 @@ def speed(job: dict) -> dict:
 
 
 def quality(job: dict) -> dict:
-    from runtime import Engine
-    import numpy as np
     import onnxruntime
+
+    from runtime import Engine
+    from runtime.decoding import greedy, log_probs
 
     engine = Engine(job["model"], threads=job["threads"])
     tokens = []
     for ids in job["prompts"]:
         cache = engine.new_cache(len(ids) + job["new_tokens"] + 16)
-        logits, out = engine.prefill(cache, ids), []
-        for _ in range(job["new_tokens"]):
-            out.append(int(np.argmax(logits)))
-            logits = engine.decode_step(cache, out[-1])
-        tokens.append(out)
+        tokens.append(greedy(engine, cache, engine.prefill(cache, ids), job["new_tokens"]))
     nlls = []
     for ids in job["windows"]:          # teacher forcing, one token at a time
         cache = engine.new_cache(len(ids) + 16)
-        logits, row = engine.prefill(cache, ids[:1]), []
-        for tok in ids[1:]:
-            row.append(nll(logits, tok))
-            logits = engine.decode_step(cache, tok)
-        nlls.append(row)
+        nlls.append((-log_probs(engine, cache, engine.prefill(cache, ids[:1]), ids[1:])).tolist())
     return {"tokens": tokens, "nll": nlls, "version": f"slm + onnxruntime {onnxruntime.__version__}"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.eviction.base import CacheView, Policy
+from runtime.eviction.base import CacheView, Policy, Statistic
 from runtime.eviction.h2o import H2O
 from runtime.eviction.knorm import KeyNorm
 from runtime.eviction.namm import NAMM
@@ -15,6 +15,10 @@ from runtime.eviction.tova import TOVA
 from slm.errors import SlmError
 
 POLICIES = {"none": None, "streaming": StreamingLLM, "h2o": H2O, "tova": TOVA, "snapkv": SnapKV, "knorm": KeyNorm, "namm": NAMM}
+POLICY_NAMES = tuple(POLICIES)          # every message and choice list that names the policies reads this
+EVICTING = POLICY_NAMES[1:]             # the policies that evict (all but none)
+# every statistic some policy reads, by name, in a fixed order: what a cache made for no policy keeps
+STATISTICS: dict[str, Statistic] = {s.name: s for cls in POLICIES.values() if cls for s in cls.statistics}
 
 
 def make_policy(name: str, package: str | Path | None = None) -> Policy | None:
@@ -28,4 +32,5 @@ def make_policy(name: str, package: str | Path | None = None) -> Policy | None:
     return cls() if cls else None
 
 
-__all__ = ["CacheView", "Policy", "POLICIES", "make_policy", "H2O", "KeyNorm", "NAMM", "SnapKV", "StreamingLLM", "TOVA"]
+__all__ = ["CacheView", "Policy", "POLICIES", "POLICY_NAMES", "EVICTING", "STATISTICS", "Statistic", "make_policy",
+           "H2O", "KeyNorm", "NAMM", "SnapKV", "StreamingLLM", "TOVA"]

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.eviction.base import CacheView, Policy
+from runtime.eviction.base import CUMULATIVE, CacheView, Policy
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,7 @@ class H2O(Policy):
     Inference of Large Language Models"): keep the tokens with the largest accumulated attention
     (the recent window is kept by the cache)."""
     name = "h2o"
-    needs_attention = True
+    statistics = (CUMULATIVE,)
 
     def score(self, view: CacheView) -> np.ndarray:
         return view.cumulative

@@ -25,14 +25,16 @@ What we keep from the paper, and what we give up:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from runtime.eviction.base import SPECTRUM_HALF_LIVES, CacheView, Policy
+from runtime.eviction.base import CUMULATIVE, LAST, RECENT, CacheView, Policy, Statistic
 from slm.errors import PackageError
+
+SPECTRUM_HALF_LIVES = (4.0, 64.0, 256.0)   # queries: NAMM's bank of attention-mass EMAs (`spectrum`)
+OPENING = (4, 68)       # true positions: the conversation's opening after the 4 sinks (system prompt, first instruction)
 
 AGE_PERIODS = (8.0, 64.0, 512.0)                # tokens: the recency embedding's sinusoid periods
 FEATURES = ("log_mass_last", "log_mass_ema4", "log_mass_ema16", "log_mass_ema64", "log_mass_ema256",
@@ -43,18 +45,42 @@ FORMAT = "namm-bam/2"
 FORMATS_READ = {"namm-bam/1": FEATURES[:-1], FORMAT: FEATURES}   # a /1 scorer reads log_opening with weight 0
 
 
+def _fold_spectrum(value, mass, n_queries, positions):
+    decays = 0.5 ** (n_queries / np.asarray(SPECTRUM_HALF_LIVES, np.float32))
+    value *= decays[:, None, None, None]
+    value += mass / n_queries
+
+
+def _fold_opening(value, mass, n_queries, positions):
+    """What the step's queries read in the opening: the step's tokens' own (query-aware) statistic;
+    slots hold increasing positions, so the opening's tokens sit in the first OPENING[1] slots."""
+    n = mass.shape[-1]
+    head = min(n, OPENING[1])
+    pos = positions[:, :, :head]
+    read = np.where((pos >= OPENING[0]) & (pos < OPENING[1]), mass[..., :head], 0).sum(-1)
+    value[:, :, n - n_queries:n] = (read / n_queries)[..., None]
+
+
+# float32 (S, L, H, n): EMAs of the mass at SPECTRUM_HALF_LIVES
+SPECTRUM = Statistic("spectrum", _fold_spectrum, bank=len(SPECTRUM_HALF_LIVES))
+# float32 (L, H, n): share of its step's attention each token's step gave to the opening (positions OPENING), per query
+OPENING_READ = Statistic("opening", _fold_opening)
+
+
 def namm_features(view: CacheView) -> np.ndarray:
     """(L, H, n, F) features of every cached token, in the order of FEATURES."""
     n = view.positions.shape[-1]
     age = np.maximum(view.next_position - view.positions, 1).astype(np.float32)          # (L, H, n)
-    spectrum = view.spectrum if view.spectrum is not None else np.zeros((len(SPECTRUM_HALF_LIVES),) + age.shape, np.float32)
+    spectrum = view.stats.get("spectrum")
+    spectrum = spectrum if spectrum is not None else np.zeros((len(SPECTRUM_HALF_LIVES),) + age.shape, np.float32)
     masses = [view.last, spectrum[0], view.recent, spectrum[1], spectrum[2], view.cumulative / age]
     # n * mass: 1 is "as much as a uniform query gives" whatever the cache length
     feats = [np.log(1e-4 + n * m) / 4 for m in masses] + [np.log1p(age) / 8]
     for period in AGE_PERIODS:
         feats += [np.sin(2 * np.pi * age / period), np.cos(2 * np.pi * age / period)]
     feats.append(np.log1p(view.positions.astype(np.float32)) / 8)
-    opening = view.opening if view.opening is not None else np.zeros(age.shape, np.float32)
+    opening = view.stats.get("opening")
+    opening = opening if opening is not None else np.zeros(age.shape, np.float32)
     feats.append(np.log(1e-4 + opening) / 4)
     return np.stack(feats, axis=-1).astype(np.float32)
 
@@ -131,104 +157,17 @@ class BackwardAttentionMemory:
         return h @ self.w2 + f @ self.w_skip                                 # (B, n)
 
 
-PRIORS = ("h2o", "opening") + FEATURES
-
-
-def initial_vector(seed: int, prior: str | None = "log_mass_ema16") -> np.ndarray:
-    """Where evolution starts: small random weights (seeded) and, with `prior`, skip weights that rank
-    like a known statistic: a feature's name (a weight of 1 on it; `log_mass_ema16` = `recent`,
-    SnapKV's signal) or "h2o", the attention accumulated since the token arrived (H2O's score):
-    4 * log_mass_per_query + 8 * log_age = log(n * cumulative / age) + log(1 + age) ~ log(n * cumulative),
-    i.e. weights 1 and 2 up to the scale, which a ranking ignores; or "opening", the mean attention per
-    query plus twice what the token's step read in the conversation's opening (1 and 2 on
-    log_mass_per_query and log_opening: the best of a small grid on the training probes, docs/NAMM.md)."""
-    if prior and prior not in PRIORS:
-        raise ValueError(f"prior {prior!r} is unknown; accepted: '' (none), h2o, opening or a feature: {', '.join(FEATURES)}")
-    rng = np.random.default_rng(seed)
-    parts = []
-    for name, shape in BackwardAttentionMemory.SHAPES.items():
-        fan_in = shape[0] if len(shape) == 2 else D_HIDDEN
-        scale = 0.0 if name in ("be", "b1", "w_skip") else 1 / np.sqrt(fan_in)
-        parts.append(rng.normal(0, scale, shape).ravel() * (0.1 if name == "w2" else 1.0))
-    theta = np.concatenate(parts).astype(np.float32)
-    offset = BackwardAttentionMemory.size() - len(FEATURES)
-    if prior == "h2o":
-        theta[offset + FEATURES.index("log_mass_per_query")] = 1.0
-        theta[offset + FEATURES.index("log_age")] = 2.0
-    elif prior == "opening":
-        theta[offset + FEATURES.index("log_mass_per_query")] = 1.0
-        theta[offset + FEATURES.index("log_opening")] = 2.0
-    elif prior:
-        theta[offset + FEATURES.index(prior)] = 1.0
-    return theta
-
-
-def save_scorer(path: str | Path, scorer: BackwardAttentionMemory, record: dict | None = None) -> Path:
-    """Write the scorer as .npz: its arrays, plus a JSON header naming the format and features."""
-    header = {"format": FORMAT, "features": list(FEATURES), "spectrum_half_lives": list(SPECTRUM_HALF_LIVES),
-              "record": record or {}}
-    path = Path(path)
-    with open(path, "wb") as fh:
-        np.savez(fh, header=np.array(json.dumps(header)), **{k: getattr(scorer, k) for k in scorer.SHAPES})
-    return path
-
-
-def load_scorer(path: str | Path) -> tuple[BackwardAttentionMemory, dict]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(str(z["header"]))
-            arrays = {k: z[k].astype(np.float32) for k in BackwardAttentionMemory.SHAPES}
-    except (OSError, KeyError, ValueError) as e:
-        raise PackageError(f"NAMM scorer {str(path)!r} is unreadable ({e}); re-run `slm evolve --model PACKAGE`") from None
-    if FORMATS_READ.get(header.get("format")) == tuple(header.get("features", ())) != FEATURES:
-        # an older scorer: the features it lacks (appended since) get zero weight, so it ranks as it did
-        missing = len(FEATURES) - len(header["features"])
-        arrays["We"] = np.concatenate([arrays["We"], np.zeros((missing, D_MODEL), np.float32)])
-        arrays["w_skip"] = np.concatenate([arrays["w_skip"], np.zeros(missing, np.float32)])
-        header = {**header, "format": FORMAT, "features": list(FEATURES)}
-    if header.get("format") != FORMAT or tuple(header.get("features", ())) != FEATURES \
-            or tuple(header.get("spectrum_half_lives", ())) != SPECTRUM_HALF_LIVES:
-        raise PackageError(f"NAMM scorer {str(path)!r} was made for other features ({header.get('format')}); "
-                           f"re-run `slm evolve --model PACKAGE`")
-    for k, shape in BackwardAttentionMemory.SHAPES.items():
-        if arrays[k].shape != shape:
-            raise PackageError(f"NAMM scorer {str(path)!r}: {k} has shape {arrays[k].shape}, expected {shape}")
-    return BackwardAttentionMemory(**arrays), header
-
-
-# the scorer evolved for the embedded default model (docs/NAMM.md, seventh run, 12 generations);
-# `slm pull` installs it into the default package
-SHIPPED = Path(__file__).resolve().parent / "scorers" / "smollm2-135m-instruct.npz"
-NAMM_FILE = "namm.npz"
-
-
-def install_scorer_file(package: str | Path, scorer_file: str | Path = SHIPPED) -> Path:
-    """Copy a scorer file into a package folder and name it in the manifest (checked first: a file
-    that does not load is refused before the package is touched)."""
-    from dataclasses import replace
-
-    from slm.package import read_manifest, write_manifest
-    from slm.paths import write_atomic
-    load_scorer(scorer_file)
-    package = Path(package)
-    manifest = read_manifest(package)
-    target = package / NAMM_FILE
-    if Path(scorer_file).resolve() != target.resolve():
-        write_atomic(target, Path(scorer_file).read_bytes())
-    write_manifest(package, replace(manifest, namm_file=NAMM_FILE))
-    return target
-
-
 @dataclass(frozen=True)
 class NAMM(Policy):
     """Neural Attention Memory Model (Cetin et al. 2024): an evolved backward-attention scorer over
     per-token attention statistics; higher = keep."""
     name = "namm"
-    needs_attention = True
+    statistics = (LAST, RECENT, CUMULATIVE, SPECTRUM, OPENING_READ)
     scorer: BackwardAttentionMemory = field(repr=False)
 
     @classmethod
     def from_package(cls, package: str | Path) -> "NAMM":
+        from runtime.eviction.namm_file import load_scorer
         from slm.package import read_manifest
         m = read_manifest(package)
         if not m.namm_file:

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.eviction.base import CacheView, Policy
+from runtime.eviction.base import RECENT, CacheView, Policy
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,7 @@ class SnapKV(Policy):
     attention of an observation window of recent queries, average-pooled over neighbouring positions
     (kernel `kernel`) so that whole phrases survive together."""
     name = "snapkv"
-    needs_attention = True
+    statistics = (RECENT,)
     kernel: int = 7
 
     def score(self, view: CacheView) -> np.ndarray:

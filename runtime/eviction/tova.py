@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.eviction.base import CacheView, Policy
+from runtime.eviction.base import LAST, CacheView, Policy
 
 
 @dataclass(frozen=True)
@@ -12,7 +12,7 @@ class TOVA(Policy):
     """Token Omission Via Attention (Oren et al. 2024, "Transformers are Multi-State RNNs"): evict the
     token the current query attends to least."""
     name = "tova"
-    needs_attention = True
+    statistics = (LAST,)
 
     def score(self, view: CacheView) -> np.ndarray:
         return view.last

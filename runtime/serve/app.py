@@ -302,8 +302,7 @@ def _max_tokens(state: ServeState, requested: int | None, *, default: int) -> in
 
 def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
     try:
-        return SamplingParams(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
-                              repetition_penalty=body.repetition_penalty, seed=body.seed)
+        return SamplingParams.of(body)
     except ValueError as e:
         param = str(e).split("=", 1)[0] if "=" in str(e) else None
         raise ApiError(status=400, param=param, message=str(e)) from None

@@ -14,9 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.longctx.tasks import GENERATORS, HAYSTACKS, Case, longeval_lines, make_cases
+from evals.longctx.tasks import GENERATORS, HAYSTACKS, Case, longeval_lines, make_cases
+from runtime.eviction import EVICTING
+from slm.resources import peak_rss_mib
 
-POLICIES = ("streaming", "h2o", "tova", "snapkv", "knorm", "namm")   # namm: when the package has a scorer
+POLICIES = EVICTING        # namm: when the package has a scorer
 BUDGETS = (0.5, 0.25, 0.125)
 
 
@@ -57,14 +59,7 @@ def run_cell(package: str, policy: str, budget: float, args) -> dict:
                      "capacity": capacity, "kv_bytes": capacity * per_token + fixed, "score": case.score(output),
                      "decode_tps": events[-1].tokens_per_s, "seconds": time.perf_counter() - t0,
                      "evicted": events[-1].kv.evicted_tokens, "output": output[:200]})
-    return {"policy": policy if budget < 1 else "full", "budget": budget, "rows": rows, "peak_rss_mib": _peak_rss_mib()}
-
-
-def _peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return {"policy": policy if budget < 1 else "full", "budget": budget, "rows": rows, "peak_rss_mib": peak_rss_mib()}
 
 
 def cases_scored(cells: list[dict]) -> str:
@@ -111,24 +106,15 @@ def summarise(cells: list[dict]) -> str:
 
 
 def plot(cells: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from evals.plot import plot_by_budget
     full = statistics.mean(r["score"] for r in next(c for c in cells if c["policy"] == "full")["rows"] if "score" in r)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    curves = {}
     for policy in POLICIES:
         pts = sorted((c["budget"], statistics.mean(r["score"] for r in c["rows"] if "score" in r))
                      for c in cells if c["policy"] == policy)
         if pts:
-            ax.plot([1.0] + [b for b, _ in pts][::-1], [full] + [s for _, s in pts][::-1], marker="o", label=policy)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("KV budget (fraction of the prompt)")
-    ax.set_ylabel("mean score")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+            curves[policy] = [(1.0, full)] + pts[::-1]
+    plot_by_budget(curves, path, title=title, ylabel="mean score")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -175,7 +161,7 @@ def run(args) -> int:
         if any(c["budget"] == budget and c["policy"] == (policy if budget < 1 else "full") for c in cells):
             continue                                    # done by an earlier, interrupted run with these arguments
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "runtime.longctx.evaluate", "--cell", package, policy, str(budget),
+        proc = subprocess.run([sys.executable, "-m", "evals.longctx.evaluate", "--cell", package, policy, str(budget),
                                *passthrough], capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr[-2000:], file=sys.stderr)
