@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evals.longctx.tasks import DATA as EVAL_DATA
+from slm.evals.longctx.tasks import DATA as EVAL_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "bench" / "peers"
@@ -41,7 +41,7 @@ OV_INT4 = ("optimum-cli export openvino --weight-format int4 (NNCF data-free: in
 
 def bench_dir() -> Path:
     """Where peers' models are built ($SLM_BENCH_DIR overrides)."""
-    from slm.paths import cache_dir
+    from slm.core.paths import cache_dir
     return Path(os.environ.get("SLM_BENCH_DIR") or cache_dir().parent / "bench")
 
 
@@ -71,8 +71,8 @@ class System:
         """An slm package written by an older exporter than this checkout reads (re-exported by --prepare)."""
         if self.peer != "slm_engine":
             return False
-        from slm.errors import PackageError
-        from slm.package import read_manifest
+        from slm.core.errors import PackageError
+        from slm.core.package import read_manifest
         try:
             read_manifest(Path(self.model))
         except PackageError:
@@ -81,8 +81,8 @@ class System:
 
 
 def systems() -> list[System]:
-    from slm.paths import cache_dir, default_package
-    from slm.sources import default_gguf
+    from slm.core.paths import cache_dir, default_package
+    from slm.core.sources import default_gguf
 
     b, pk, gguf = bench_dir(), cache_dir(), str(default_gguf())
     hf = str(b / "smollm2-135m-instruct-hf")
@@ -159,8 +159,8 @@ def run_peer(system: System, job: dict, timeout: int = 1800) -> dict:
 def prepare_all(chosen: list[System]) -> None:
     qwen_hf = bench_dir() / "qwen2.5-coder-1.5b-hf"
     if any(s.family == "qwen1.5b" for s in chosen) and QWEN_GGUF.is_file() and not (qwen_hf / "config.json").is_file():
-        from export.load import load_model
-        from slm.sources import resolve_source
+        from slm.export.load import load_model
+        from slm.core.sources import resolve_source
         model, tok = load_model(resolve_source(str(QWEN_GGUF)))
         model.save_pretrained(qwen_hf)
         tok.save_pretrained(qwen_hf)
@@ -168,8 +168,8 @@ def prepare_all(chosen: list[System]) -> None:
         print(f"wrote {qwen_hf}", file=sys.stderr)
     hf = bench_dir() / "smollm2-135m-instruct-hf"
     if not (hf / "config.json").is_file():        # the HF folder the peers' own exporters read
-        from export.load import load_model
-        from slm.sources import resolve_source
+        from slm.export.load import load_model
+        from slm.core.sources import resolve_source
         model, tok = load_model(resolve_source(None))
         model.save_pretrained(hf)
         tok.save_pretrained(hf)
@@ -193,7 +193,7 @@ def prepare_all(chosen: list[System]) -> None:
 
 def prompt_ids(n: int, family: str = "smollm2") -> list[int]:
     """The first n tokens of the haystack from PROMPT_OFFSET on, by the model's own tokenizer."""
-    from slm.paths import default_package
+    from slm.core.paths import default_package
     from tokenizers import Tokenizer
 
     package = default_package() if family == "smollm2" else QWEN_PACKAGE
@@ -234,7 +234,7 @@ def measure(chosen: list[System], prompt_lens: list[int], new_tokens: int, threa
 
 def summarise(rows: list[dict], chosen: list[System]) -> list[dict]:
     """Median and spread per (system, prompt length), plus model size on disk."""
-    from slm.resources import size_mib
+    from slm.core.resources import size_mib
 
     out = []
     for s in chosen:

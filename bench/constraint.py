@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 import jsonschema  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runtime import Engine  # noqa: E402
-from runtime.constraint import Constraint, Grammars, Guide  # noqa: E402
+from slm.runtime import Engine  # noqa: E402
+from slm.runtime.constraint import Constraint, Grammars, Guide  # noqa: E402
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city", "hobbies"],
           "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"},
@@ -43,8 +43,8 @@ GRAMMARS = {"regex date": Constraint.regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
 
 def tool_call_grammar(engine: Engine) -> Constraint:
     """What the server asks for with tools=[get_weather], tool_choice="required" (Lark, tags as the tokenizer has them)."""
-    from runtime.serve.schemas import ChatCompletionRequest
-    from runtime.serve.tools import ToolPlan, tag_grammar
+    from slm.runtime.serve.schemas import ChatCompletionRequest
+    from slm.runtime.serve.tools import ToolPlan, tag_grammar
     body = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}], "tools": [WEATHER],
                                                  "tool_choice": "required"})
     return ToolPlan.of(body, engine.manifest.chat_template, tag_grammar(engine.tokenizer)).constraint

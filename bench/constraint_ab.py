@@ -3,7 +3,7 @@
     python bench/constraint_ab.py --package PACKAGE                       # 10 rounds x 96 tokens
     python bench/constraint_ab.py --package PACKAGE --baseline e416c9f^ --rounds 20 --tokens 128 --threads 2
 
-    A = the runtime/ and slm/ of commit --baseline (default: main before issue 18 was merged), unpacked
+    A = the slm/runtime/ and slm/ of commit --baseline (default: main before issue 18 was merged), unpacked
         from git into a temporary folder: the generate path with no constraint code at all
     B = this checkout's engine, generate(..., constraint=None): the constraint code present, unused
 
@@ -35,7 +35,7 @@ DEFAULT_BASELINE = "e416c9f^"       # main just before the merge of issue 18 (co
 
 def worker(package: str, threads: int | None) -> None:
     """Serve rounds on stdin/stdout: a line with a token count in, a JSON line with tokens/s out."""
-    from runtime import Engine
+    from slm.runtime import Engine
     engine = Engine(package, threads=threads)
     list(engine.generate(PROMPT, max_tokens=8, cache=engine.new_cache()))      # warm: first-call costs
     print(json.dumps({"ready": True, "runtime": str(Path(sys.modules["runtime"].__file__).parent)}), flush=True)
@@ -73,7 +73,7 @@ class Side:
 
 
 def unpack(commit: str, into: Path) -> Path:
-    """runtime/ and slm/ as of `commit`, from git, under `into`."""
+    """slm/runtime/ and slm/ as of `commit`, from git, under `into`."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, "runtime", "slm"],
                              capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:

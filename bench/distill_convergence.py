@@ -7,13 +7,13 @@ with paired bootstrap 95% intervals (the table of docs/DISTILL.md "Results").
     python bench/distill_convergence.py table --task svamp --out runs/conv \\
         --teacher-store qwen=/work/jobs/distill/svamp-test-qwen2.5-coder-1.5b.jsonl --plot results/distill/curves.png
 
-`run` makes one cell per arm and seed, each a fresh `python -m distill` process: `untrained` (the
+`run` makes one cell per arm and seed, each a fresh `python -m slm.distill` process: `untrained` (the
 student as it starts, scored once), `standard` (gold labels only) and `step-by-step:<NAME>` for each
 `--store NAME=PATH`. Everything after `--` goes to every `distill train` (the plateau settings). Each
 cell's test predictions are written by `distill eval` to `<cell>/test.pred.jsonl`; a cell that has
 them is skipped, and `--save-every` in the train settings makes a killed cell resume.
 `table` prints the markdown table: accuracy per seed and mean, and for each step-by-step arm its
-difference from standard with a paired bootstrap 95% interval over the test inputs (`distill.stats`),
+difference from standard with a paired bootstrap 95% interval over the test inputs (`slm.distill.stats`),
 the teacher's own test accuracy from a store of the test split, and a plot of the validation curves.
 """
 from __future__ import annotations
@@ -27,12 +27,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from distill.stats import paired_bootstrap  # noqa: E402
+from slm.distill.stats import paired_bootstrap  # noqa: E402
 
 
 def distill(*args: str) -> None:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "distill", *args]
+    cmd = [sys.executable, "-m", "slm.distill", *args]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
 

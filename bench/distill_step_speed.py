@@ -21,12 +21,12 @@ from contextlib import nullcontext
 import torch
 from torch.utils.data import DataLoader
 
-from distill import multitask
-from distill.rationales import generate_rationales
-from distill.store import read_kept
-from distill.student import load_causal_lm
-from distill.tasks import get_task
-from distill.teachers import RecordedTeacher
+from slm.distill import multitask
+from slm.distill.rationales import generate_rationales
+from slm.distill.store import read_kept
+from slm.distill.student import load_causal_lm
+from slm.distill.tasks import get_task
+from slm.distill.teachers import RecordedTeacher
 
 VARIANTS = (  # name, target-only loss, length-grouped batches, bf16 autocast
     ("baseline: full logits, shuffled batches, fp32", False, False, False),

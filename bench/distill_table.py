@@ -39,7 +39,7 @@ def cell_dir(out: Path, task: str, fraction: float, method: str) -> Path:
 def distill(*args: str, threads: int) -> None:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "distill", *args]
+    cmd = [sys.executable, "-m", "slm.distill", *args]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from evals.longctx.tasks import DATA as EVAL_DATA
+from slm.evals.longctx.tasks import DATA as EVAL_DATA
 
 HAYSTACK = EVAL_DATA / "tinyshakespeare" / "input.txt"     # the project's copy of ../shared/data/haystack-tinyshakespeare
 
@@ -26,7 +26,7 @@ def one_run(package: str, prompt_len: int, new_tokens: int, threads: int, kv_pol
     """Child process: load, one warm-up, one measured generation; print JSON. The KV budget is the
     run's own size (prompt + new tokens), so no eviction happens and a policy that needs attention
     statistics measures just the cost of computing them."""
-    from runtime import Engine
+    from slm.runtime import Engine
 
     t0 = time.perf_counter()
     engine = Engine(package, threads=threads, kv_budget=prompt_len + new_tokens + 8, kv_policy=kv_policy)
@@ -46,15 +46,15 @@ def one_run(package: str, prompt_len: int, new_tokens: int, threads: int, kv_pol
 
 
 def default_packages() -> list[str]:
-    from slm.package import MANIFEST
-    from slm.paths import cache_dir, default_package
-    from slm.sources import resolve_source
+    from slm.core.package import MANIFEST
+    from slm.core.paths import cache_dir, default_package
+    from slm.core.sources import resolve_source
 
     int4 = default_package()
     fp32 = cache_dir() / "smollm2-135m-instruct-fp32"
     if not (int4 / MANIFEST).is_file() or not (fp32 / MANIFEST).is_file():
-        from export import build_package
-        from export.load import load_model
+        from slm.export import build_package
+        from slm.export.load import load_model
         source = resolve_source(None)
         model, tok = load_model(source)
         if not (int4 / MANIFEST).is_file():

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from runtime import Engine
-from cli.packages import resolve_package
+from slm.runtime import Engine
+from slm.cli.packages import resolve_package
 
 
 def main() -> None:

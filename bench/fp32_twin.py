@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from slm.package import read_manifest, write_manifest
+from slm.core.package import read_manifest, write_manifest
 
 
 def twin(package: Path, out: Path) -> Path:

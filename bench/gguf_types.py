@@ -36,7 +36,7 @@ def types_in(gguf_file: Path) -> str:
 
 
 def main(argv=None) -> None:
-    from slm.sources import default_gguf
+    from slm.core.sources import default_gguf
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--types", nargs="+", default=["Q4_0", "Q4_1", "Q5_0", "Q5_K_M", "Q6_K", "Q8_0"])

@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from runtime import Engine
-from slm.package import read_manifest
+from slm.runtime import Engine
+from slm.core.package import read_manifest
 
-from evals.longctx.tasks import DATA as EVAL_DATA
+from slm.evals.longctx.tasks import DATA as EVAL_DATA
 
 HAYSTACK = EVAL_DATA / "tinyshakespeare" / "input.txt"     # the project's copy of ../shared/data/haystack-tinyshakespeare
 OFFSETS = (200_000, 400_000)

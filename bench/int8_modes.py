@@ -20,7 +20,7 @@ PROMPT = "Write a story about a robot learning to paint."
 def dynamic_int8(fp32: Path, out: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from slm.package import read_manifest, write_manifest
+    from slm.core.package import read_manifest, write_manifest
 
     if (out / "model.onnx").is_file():
         return out
@@ -39,8 +39,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    from runtime import Engine
-    from slm.paths import cache_dir
+    from slm.runtime import Engine
+    from slm.core.paths import cache_dir
 
     fp32 = cache_dir() / "smollm2-135m-instruct-fp32"
     packages = {"MatMulNBits int8": cache_dir() / "bench-int8",

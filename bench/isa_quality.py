@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from evals.longctx.tasks import DATA as EVAL_DATA
+from slm.evals.longctx.tasks import DATA as EVAL_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 HAYSTACK = EVAL_DATA / "tinyshakespeare" / "input.txt"     # the project's copy of ../shared/data/haystack-tinyshakespeare
@@ -127,8 +127,8 @@ def _alive(lock: Path) -> bool:
 def compute(job: dict) -> dict:
     import numpy as np
 
-    from runtime import Engine
-    from runtime.decoding import greedy
+    from slm.runtime import Engine
+    from slm.runtime.decoding import greedy
 
     engine = Engine(job["package"], threads=job["threads"])
     tokens = []
@@ -147,7 +147,7 @@ def compute(job: dict) -> dict:
 
 # --- the driver ------------------------------------------------------------------------------------
 def inputs(package: str, n_text: int, window: int, n_windows: int) -> tuple[list, list]:
-    from runtime import Engine
+    from slm.runtime import Engine
 
     engine = Engine(package, threads=1)
     text, tok = HAYSTACK.read_text(), engine.tokenizer

@@ -7,7 +7,7 @@ Quality: held-out Tiny Shakespeare (the end of the file, as bench/quality.py; no
 calibration text) in windows of --window tokens, fed 256 tokens a call with logits for every
 position: perplexity, and how often the argmax matches the fp32 cache's (teacher-forced top-1
 agreement); then greedy replies to 4 chat prompts, tokens matching fp32 before the first difference.
-Scales of each quantized row: from the export's calibration text (export/kv_calibration.py) by
+Scales of each quantized row: from the export's calibration text (slm/export/kv_calibration.py) by
 absolute maximum or by least squared error ("mse"; what the export uses: absmax at int8, mse at
 int4), or "this text's own": the range of the windows' own keys and values (what a per-prompt,
 dynamic scale could at best do; the kernel takes fixed scales).
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import Engine  # noqa: E402
-from runtime.kv_quant import dequantize, quantize  # noqa: E402
-from export.kv_calibration import CALIBRATION_CHAT, CALIBRATION_TEXT, kv_ranges, measure_kv  # noqa: E402
+from slm.runtime import Engine  # noqa: E402
+from slm.runtime.kv_quant import dequantize, quantize  # noqa: E402
+from slm.export.kv_calibration import CALIBRATION_CHAT, CALIBRATION_TEXT, kv_ranges, measure_kv  # noqa: E402
 
-HAYSTACK = Path(__file__).resolve().parents[1] / "evals/longctx/data/tinyshakespeare/input.txt"
+HAYSTACK = Path(__file__).resolve().parents[1] / "slm/evals/longctx/data/tinyshakespeare/input.txt"
 HELD_OUT_CHARS = 60_000
 CHAT = ["Why is the sky blue?", "Write a haiku about the sea.", "What is the capital of France, and why?",
         "Give me three tips for learning to cook."]
@@ -112,7 +112,7 @@ def decode_tps(package: str, dtype: str, context: list[int], steps: int, threads
 
 
 def calibration_samples(engine: Engine, package: str):
-    """The export's calibration text through the package's fp32-cache graph (export/kv_calibration.py)."""
+    """The export's calibration text through the package's fp32-cache graph (slm/export/kv_calibration.py)."""
     m = engine.manifest
     ids = [engine.tokenizer.encode(CALIBRATION_TEXT).ids]
     if engine.template is not None:

@@ -3,7 +3,7 @@
     python bench/load_serve.py                         # the default model, 16 clients x 50 requests
     python bench/load_serve.py --model PKG --clients 4 --requests 5 --max-tokens 16
 
-Starts `python -m cli serve` on 127.0.0.1 (a free port) as a subprocess, drives it with
+Starts `python -m slm.cli serve` on 127.0.0.1 (a free port) as a subprocess, drives it with
 httpx streaming clients, and prints a markdown table: requests, errors, p50/p95 latency and time to
 first token, generated tokens/s over the whole run, and the server's peak resident memory.
 """
@@ -40,7 +40,7 @@ class Results:
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
     """`slm serve` on a free port; returns the process and its base URL once it accepts requests."""
-    cmd = [sys.executable, "-m", "cli", "serve", "--port", "0", "--max-concurrent", str(args.max_concurrent),
+    cmd = [sys.executable, "-m", "slm.cli", "serve", "--port", "0", "--max-concurrent", str(args.max_concurrent),
            "--max-queue", str(args.max_queue)]
     for flag, value in (("--model", args.model), ("--threads", args.threads), ("--kv-budget", args.kv_budget),
                         ("--provider", args.provider)):

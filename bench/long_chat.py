@@ -34,9 +34,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from runtime import Engine, SamplingParams
-    from evals.longctx.tasks import DATA
-    from cli.packages import resolve_package
+    from slm.runtime import Engine, SamplingParams
+    from slm.evals.longctx.tasks import DATA
+    from slm.cli.packages import resolve_package
 
     package = resolve_package(args.model)
     engine = Engine(package, threads=args.threads, kv_budget=args.kv_budget, kv_policy=args.kv_policy)

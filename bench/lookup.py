@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from evals.longctx.tasks import DATA as EVAL_DATA
+from slm.evals.longctx.tasks import DATA as EVAL_DATA
 
 HAYSTACK = EVAL_DATA / "tinyshakespeare" / "input.txt"     # the project's copy of ../shared/data/haystack-tinyshakespeare
 
@@ -69,8 +69,8 @@ def run(engine, prompt, raw: bool, max_tokens: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime import Engine
-    from cli.packages import resolve_package
+    from slm.runtime import Engine
+    from slm.cli.packages import resolve_package
     import onnxruntime
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

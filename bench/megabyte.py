@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evals.longctx.tasks import DATA as EVAL_DATA
+from slm.evals.longctx.tasks import DATA as EVAL_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = EVAL_DATA / "tinyshakespeare" / "input.txt"     # the project's copy of ../shared/data/haystack-tinyshakespeare
@@ -57,7 +57,7 @@ def runtime_bits(engine, text: bytes, windows: int) -> float:
 
 
 def decode_rate(engine, prompt: str, n: int, repeats: int) -> float:
-    from runtime import SamplingParams
+    from slm.runtime import SamplingParams
 
     rates = []
     for _ in range(repeats):
@@ -82,9 +82,9 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    from runtime import Engine
-    from slm.package import read_manifest
-    from slm.paths import default_package
+    from slm.runtime import Engine
+    from slm.core.package import read_manifest
+    from slm.core.paths import default_package
 
     text = held_out(Path(args.data).read_bytes())
     prompt = text[:256].decode("utf-8", errors="replace")

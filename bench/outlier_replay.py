@@ -1,12 +1,12 @@
 """Replay int8 activation rounding (one scale per block of 32, as MatMulNBits' accuracy_level 4) on the
 real activations of SmolLM2's projections, with the top k channels of each input taken out of int8:
-the relative RMS error of x @ W.T, per input. The numpy experiment behind export/calibrate.py.
+the relative RMS error of x @ W.T, per input. The numpy experiment behind slm/export/calibrate.py.
 
     python bench/outlier_replay.py
 """
 import numpy as np, torch
-from export.load import load_model
-from slm.sources import resolve_source
+from slm.export.load import load_model
+from slm.core.sources import resolve_source
 src = resolve_source(None); model, tok = load_model(src)
 text = "The committee met on Tuesday to review the budget for the new library. After a long discussion about costs, staffing and opening hours, they agreed to ask the city for more funds and to open the doors in the spring. " * 3
 ids = tok(text, return_tensors="pt").input_ids[:, :128]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from slm.package import read_manifest  # noqa: E402
+from slm.core.package import read_manifest  # noqa: E402
 
 
 def profile(pkg: str, past: int, steps: int, threads: int) -> tuple[collections.Counter, int]:

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from runtime import Engine
-from cli.packages import resolve_package
+from slm.runtime import Engine
+from slm.cli.packages import resolve_package
 
 
 def prompt_ids(engine: Engine, n: int) -> list[int]:

@@ -29,8 +29,8 @@ HELD_OUT_CHARS = 60_000         # the windows come from the last this-many chara
 
 def slm_quality_variants() -> list[System]:
     """Packages only the quality table needs (the speed table has the default int4, RTN, int8 and fp32)."""
-    from slm.paths import cache_dir
-    from slm.sources import default_gguf
+    from slm.core.paths import cache_dir
+    from slm.core.sources import default_gguf
 
     return [System("slm int4 acc0", "slm_engine", "main", str(cache_dir() / "bench-gguf-acc0"),
                    "GGUF Q4_1 blocks carried, accuracy_level 0 (fp32 compute)",
@@ -38,8 +38,8 @@ def slm_quality_variants() -> list[System]:
 
 
 def inputs(n_text: int, window: int, n_windows: int) -> tuple[list[list[int]], list[list[int]]]:
-    from runtime import Engine
-    from slm.paths import default_package
+    from slm.runtime import Engine
+    from slm.core.paths import default_package
 
     engine = Engine(default_package(), threads=1)
     text = HAYSTACK.read_text()

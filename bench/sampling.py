@@ -1,4 +1,4 @@
-"""Per-token cost of `runtime.sampling.sample` over a full 49,152-entry vocabulary (SmolLM2's), for the
+"""Per-token cost of `slm.runtime.sampling.sample` over a full 49,152-entry vocabulary (SmolLM2's), for the
 filter chains the CLI and the server use; moved here from the test suite (speed is not a test).
 
     python bench/sampling.py [--vocab 49152 --seen 2048 --tokens 500 --rounds 3]
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from runtime.sampling import SamplingParams, make_rng, sample
+from slm.runtime.sampling import SamplingParams, make_rng, sample
 
 CHAINS = {
     "greedy": SamplingParams(temperature=0.0),

@@ -1,5 +1,5 @@
 """Peak RSS of a long budgeted prefill: the plain graph against the attention-statistics graph at
-several prefill chunk sizes (what the default `runtime.engine.STATS_PREFILL_CHUNK` trades).
+several prefill chunk sizes (what the default `slm.runtime.engine.STATS_PREFILL_CHUNK` trades).
 
     python bench/stats_rss.py [--model PACKAGE] [--prompt 3900] [--budget 2048] [--chunks 128 64 32 16]
 
@@ -18,10 +18,10 @@ import time
 
 
 def one(args: argparse.Namespace) -> None:
-    from runtime import Engine
-    from runtime.decoding import greedy
-    from slm.resources import peak_rss_mib
-    from evals.longctx.tasks import DATA
+    from slm.runtime import Engine
+    from slm.runtime.decoding import greedy
+    from slm.core.resources import peak_rss_mib
+    from slm.evals.longctx.tasks import DATA
 
     engine = Engine(args.model, threads=args.threads, kv_budget=args.budget, kv_policy=args.policy,
                     prefill_chunk=args.chunk)
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=512, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.model is None:
-        from slm.paths import default_package
+        from slm.core.paths import default_package
         args.model = str(default_package())
     if args.one:
         return one(args)

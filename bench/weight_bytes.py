@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from slm.package import read_manifest
+from slm.core.package import read_manifest
 
 MIB = 2 ** 20
 COLUMNS = ("layer weights", "their scales", "zero points", "block offsets (side path)", "head")

@@ -5,7 +5,7 @@ no torch, transformers or web server.
 """
 import sys
 
-from runtime import Engine, SamplingParams
+from slm.runtime import Engine, SamplingParams
 
 
 def main(package: str) -> None:

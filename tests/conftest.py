@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
-    from slm.sources import default_gguf
+    from slm.core.sources import default_gguf
     from transformers import AutoTokenizer
 
     path = default_gguf()
@@ -57,7 +57,7 @@ def tiny_gemma3(vocab_size: int = 49152, seed: int = 0, **overrides):
 @pytest.fixture(scope="session")
 def tiny_package(tmp_path_factory, smollm2_tokenizer) -> Path:
     """A real package (fp32) of a tiny random Llama with SmolLM2's tokenizer and chat template."""
-    from export import build_package
+    from slm.export import build_package
 
     out = tmp_path_factory.mktemp("pkg") / "tiny-llama"
     build_package(None, out, quant="fp32", model=tiny_llama(), tokenizer=smollm2_tokenizer)
@@ -67,7 +67,7 @@ def tiny_package(tmp_path_factory, smollm2_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def default_gguf_package(tmp_path_factory) -> Path:
     """The embedded default model exported as `slm pull` does (GGUF blocks carried, int4)."""
-    from export import build_package
+    from slm.export import build_package
 
     out = tmp_path_factory.mktemp("pkg") / "smollm2"
     build_package(None, out)
@@ -78,7 +78,7 @@ def default_gguf_package(tmp_path_factory) -> Path:
 def default_fp32_package(tmp_path_factory) -> Path:
     """The embedded default model at fp32 (the GGUF dequantised): exact kernels, the same greedy
     tokens on every CPU, where a quantised package's near-ties may fall either way."""
-    from export import build_package
+    from slm.export import build_package
 
     out = tmp_path_factory.mktemp("pkg") / "smollm2-fp32"
     build_package(None, out, quant="fp32", attention_stats=False)

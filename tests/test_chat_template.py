@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.chat_template import ChatTemplate, compile_template, render_chat, validate_messages
-from slm.errors import SlmError
+from slm.runtime.chat_template import ChatTemplate, compile_template, render_chat, validate_messages
+from slm.core.errors import SlmError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -244,7 +244,7 @@ def test_bad_messages_are_named(messages, message):
 
 def test_module_imports_neither_torch_nor_transformers():
     code = (
-        "import sys, runtime.chat_template; "
+        "import sys, slm.runtime.chat_template; "
         "bad = {'torch', 'transformers', 'onnx'} & set(sys.modules); "
         "assert not bad, bad"
     )

@@ -8,7 +8,7 @@ import pytest
 
 
 def slm(*args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "slm.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_generate_streams_text(tiny_package):
@@ -54,7 +54,7 @@ def test_export_rejects_unknown_quant(tmp_path):
 def test_distill_without_its_extra_is_listed_and_names_the_extra(tmp_path):
     """torch blocked as if slm[distill] were not installed: `slm distill` is still in the help, and
     running it says what to install instead of a traceback."""
-    blocked = ("import sys; sys.modules['torch'] = None; from cli.main import main; sys.exit(main(sys.argv[1:]))")
+    blocked = ("import sys; sys.modules['torch'] = None; from slm.cli.main import main; sys.exit(main(sys.argv[1:]))")
     run = lambda *a: subprocess.run([sys.executable, "-c", blocked, *a], capture_output=True, text=True, timeout=120)
     assert "distill" in run("--help").stdout
     out = run("distill", "train", "--task", "svamp", "--student", str(tmp_path), "--rationales", str(tmp_path / "r"),
@@ -69,11 +69,11 @@ def test_chat_sampling_flags_come_from_main_argv_not_sys_argv(tiny_package, tmp_
     """`main(argv)` decides whether the user set a sampling flag: a --temperature in sys.argv (the
     embedding process's own command line) must not reach the chat, and one in argv must."""
     pytest.importorskip("textual")
-    import tui.app
-    from cli.main import main
+    import slm.tui.app
+    from slm.cli.main import main
     monkeypatch.setenv("SLM_DATA", str(tmp_path / "data"))
     seen = []
-    monkeypatch.setattr(tui.app, "run_chat", lambda engine, **kw: seen.append(kw["params"]))
+    monkeypatch.setattr(slm.tui.app, "run_chat", lambda engine, **kw: seen.append(kw["params"]))
     monkeypatch.setattr(sys, "argv", ["host-app", "--temperature", "0.5"])
     chat = ["chat", "--model", str(tiny_package), "--threads", "1"]
     assert main(chat) == 0 and seen[-1] is None                 # the app's own defaults

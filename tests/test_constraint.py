@@ -9,8 +9,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from runtime import Engine, SamplingParams
-from runtime.constraint import Constraint, ConstraintError
+from slm.runtime import Engine, SamplingParams
+from slm.runtime.constraint import Constraint, ConstraintError
 
 # bounded everywhere, so that a random model finishes well inside max_tokens
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "tags"],
@@ -125,7 +125,7 @@ def test_a_complete_grammar_flushes_what_a_stop_string_held_back(engine):
 def test_prompt_lookup_under_a_constraint(tiny_package, params, monkeypatch):
     """Greedy: the same tokens as plain decoding; sampled: still valid. Drafts go through the mask:
     the prompt's "four five" after "one two three four" is drafted and cut where the enum ends."""
-    from runtime.constraint import Guide
+    from slm.runtime.constraint import Guide
     schema = {"type": "array", "items": {"enum": ["one two three", "four five", "one two three four"]},
               "minItems": 6, "maxItems": 6}
     checked = []            # (drafted, taken by the grammar)
@@ -149,8 +149,8 @@ def namm_package(tiny_package, tmp_path_factory):
     """The tiny package with a (random) NAMM scorer installed, so the namm policy runs."""
     import shutil
 
-    from evolve.cli import install
-    from runtime.eviction.namm import BackwardAttentionMemory
+    from slm.evolve.cli import install
+    from slm.runtime.eviction.namm import BackwardAttentionMemory
     pkg = tmp_path_factory.mktemp("pkg") / "tiny-namm"
     shutil.copytree(tiny_package, pkg)
     install(pkg, np.random.default_rng(3).normal(0, 0.5, BackwardAttentionMemory.size()), {"note": "random test scorer"})
@@ -229,7 +229,7 @@ def test_a_bad_schema_error_points_at_the_failing_subschema(engine, schema, wher
 
 def test_padded_vocabulary_never_allows_ids_past_the_tokenizer(engine):
     """The logits may be wider than the tokenizer (a padded embedding table)."""
-    from runtime.constraint import Grammars
+    from slm.runtime.constraint import Grammars
     text = (engine.path / engine.manifest.tokenizer_file).read_text()
     n = engine.tokenizer.get_vocab_size()
     grammars = Grammars(text, vocab_size=n + 300, eos_ids=[2])
@@ -242,7 +242,7 @@ def test_padded_vocabulary_never_allows_ids_past_the_tokenizer(engine):
 def _slm(*args):
     import subprocess
     import sys
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "slm.cli", *args], capture_output=True, text=True, timeout=180)
 
 
 def test_cli_json_schema_regex_and_grammar(tiny_package, tmp_path):

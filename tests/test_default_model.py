@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from export import build_package
-from runtime import Engine
-from evals.longctx.tasks import DATA
-from export.load import load_model
-from slm.sources import resolve_source
+from slm.export import build_package
+from slm.runtime import Engine
+from slm.evals.longctx.tasks import DATA
+from slm.export.load import load_model
+from slm.core.sources import resolve_source
 from tests.test_export_parity import graph_logits
 
-HELD_OUT = DATA / "tinyshakespeare" / "input.txt"      # the project's copy (evals/longctx/data)
+HELD_OUT = DATA / "tinyshakespeare" / "input.txt"      # the project's copy (slm/evals/longctx/data)
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
@@ -80,7 +80,7 @@ def _nll(logits: np.ndarray, ids: np.ndarray) -> float:
 
 
 # Bounds that hold on every CPU's kernels: perplexity ratio to fp32 and top-1 agreement over 256
-# held-out tokens. Measured with the outlier decomposition (export.calibrate) on an AVX-512 VNNI host:
+# held-out tokens. Measured with the outlier decomposition (slm.export.calibrate) on an AVX-512 VNNI host:
 # gguf x1.0060 / 0.965, int4 x1.0047 / 0.969, int8 x1.0085 / 0.961 (without it 0.941 / 0.938 for
 # int4 / int8); the floors leave room for other CPUs' kernels (AVX2: bench/isa_quality.py, docs/BENCHMARKS.md).
 @pytest.mark.parametrize("quant, accuracy_level, max_ppl_ratio, min_top1", [

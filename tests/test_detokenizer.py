@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from runtime.detokenizer import StreamingDetokenizer
+from slm.runtime.detokenizer import StreamingDetokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ def test_accepts_numpy_integer_ids(tokenizer):
 
 def test_module_imports_neither_torch_nor_transformers():
     code = (
-        "import sys, runtime.detokenizer; "
+        "import sys, slm.runtime.detokenizer; "
         "bad = {'torch', 'transformers', 'onnx'} & set(sys.modules); "
         "assert not bad, bad"
     )

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.cli import register
-from distill.evaluate import evaluate_checkpoint, generate_answers, score
-from distill.multitask import PREDICT, prompt
-from distill.student import load_causal_lm
-from distill.tasks import get_task
-from distill.testing import save_tiny_student
+from slm.distill.cli import register
+from slm.distill.evaluate import evaluate_checkpoint, generate_answers, score
+from slm.distill.multitask import PREDICT, prompt
+from slm.distill.student import load_causal_lm
+from slm.distill.tasks import get_task
+from slm.distill.testing import save_tiny_student
 
 
 def _cli(*argv: str) -> int:
@@ -52,8 +52,8 @@ def test_cli_pipeline_writes_a_checkpoint_and_scores_it(trained, capsys):
 
 
 def test_local_teacher_through_the_same_pipeline(trained):
-    from distill.rationales import generate_rationales
-    from distill.teachers import LocalTeacher
+    from slm.distill.rationales import generate_rationales
+    from slm.distill.teachers import LocalTeacher
 
     root, _ = trained
     teacher = LocalTeacher.from_source(root / "student", max_new_tokens=8, batch_size=2)
@@ -63,8 +63,8 @@ def test_local_teacher_through_the_same_pipeline(trained):
 
 
 def test_student_answers_the_same_through_the_runtime(trained):
-    import export
-    import runtime
+    from slm import export
+    from slm import runtime
 
     root, out = trained
     package = root / "package"
@@ -80,6 +80,6 @@ def test_student_answers_the_same_through_the_runtime(trained):
     assert served == expected
     assert score(task, examples, served).counts() == score(task, examples, expected).counts()
     # `slm distill eval` on the package scores through the Engine, the same as on the checkpoint
-    from distill.evaluate import evaluate_checkpoint
+    from slm.distill.evaluate import evaluate_checkpoint
     via_engine = evaluate_checkpoint(package, task, "test", limit=4, max_new_tokens=8)
     assert [p.output for p in via_engine.predictions] == expected

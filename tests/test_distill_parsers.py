@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from distill import arith
-from distill.tasks import get_task
-from distill.tasks.base import Example, Parsed, Rejection, read_completions
-from slm.errors import SlmError
+from slm.distill import arith
+from slm.distill.tasks import get_task
+from slm.distill.tasks.base import Example, Parsed, Rejection, read_completions
+from slm.core.errors import SlmError
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "esnli-dss").is_dir(), reason="needs ../shared/data")

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from distill.rationales import ParseCheck, generate_rationales, reason_key
-from distill.replies import parse_reply, split_reply
-from distill.tasks import get_task
-from distill.tasks.base import Example, Parsed, Rejection
-from distill.teachers.chat import RESPONSE_FORMAT, chat_messages
-from slm.errors import SlmError
+from slm.distill.rationales import ParseCheck, generate_rationales, reason_key
+from slm.distill.replies import parse_reply, split_reply
+from slm.distill.tasks import get_task
+from slm.distill.tasks.base import Example, Parsed, Rejection
+from slm.distill.teachers.chat import RESPONSE_FORMAT, chat_messages
+from slm.core.errors import SlmError
 
 SVAMP = get_task("svamp")
 GOLD = Example(id="x", input="There are 15 trees ... How many were planted?", label="( 21.0 - 15.0 )")

@@ -1,8 +1,8 @@
 """The paired bootstrap behind the step-by-step − standard intervals."""
 import pytest
 
-from distill.stats import paired_bootstrap
-from slm.errors import SlmError
+from slm.distill.stats import paired_bootstrap
+from slm.core.errors import SlmError
 
 
 def test_paired_bootstrap_interval_brackets_the_difference():

@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from distill.rationales import generate_rationales
-from distill.store import RationaleRecord, RationaleStore, read_kept, unread_lines
-from distill.tasks import get_task
-from distill.teachers import HumanTeacher, RecordedTeacher, TeacherFailure
-from slm.errors import SlmError
+from slm.distill.rationales import generate_rationales
+from slm.distill.store import RationaleRecord, RationaleStore, read_kept, unread_lines
+from slm.distill.tasks import get_task
+from slm.distill.teachers import HumanTeacher, RecordedTeacher, TeacherFailure
+from slm.core.errors import SlmError
 
 
 def _record(i, **kw):

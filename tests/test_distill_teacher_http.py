@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from distill.rationales import generate_rationales
-from distill.tasks import get_task
-from distill.teachers import EndpointConfig, OpenAITeacher
-from slm.errors import SlmError
+from slm.distill.rationales import generate_rationales
+from slm.distill.tasks import get_task
+from slm.distill.teachers import EndpointConfig, OpenAITeacher
+from slm.core.errors import SlmError
 
 REPO = Path(__file__).resolve().parents[1]
 CANNED = "There are 2 and 3 more. 2 + 3 = 5. The answer is (2 + 3).\n\nQ: rambling on. The answer is (9 * 9)."
@@ -168,7 +168,7 @@ def test_resume_after_sigkill(server, tmp_path):
     """Kill the real CLI process mid-run, run it again: every input stored exactly once."""
     server.delay_s, server.hold_after = 0.02, 40        # the first run cannot get past 40 answers
     out = tmp_path / "r.jsonl"
-    cmd = [sys.executable, "-m", "distill", "rationales", "--task", "svamp", "--split", "test",
+    cmd = [sys.executable, "-m", "slm.distill", "rationales", "--task", "svamp", "--split", "test",
            "--teacher", "openai", "--model", "good", "--api-key", "good-key", "--concurrency", "2",
            "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1", "--out", str(out)]
     env = os.environ | {"PYTHONPATH": str(REPO)}

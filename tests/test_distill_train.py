@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.rationales import generate_rationales
-from distill.tasks import get_task
-from distill.teachers import RecordedTeacher
-from distill.testing import save_tiny_student
-from distill.train import TrainConfig, train
-from slm.errors import SlmError
+from slm.distill.rationales import generate_rationales
+from slm.distill.tasks import get_task
+from slm.distill.teachers import RecordedTeacher
+from slm.distill.testing import save_tiny_student
+from slm.distill.train import TrainConfig, train
+from slm.core.errors import SlmError
 from tests.killing import kill_mid_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_config_errors_name_the_value(setup):
 def test_resume_after_sigkill_matches_an_uninterrupted_run(setup):
     root, base = setup
     out = root / "killed"
-    cmd = [sys.executable, "-m", "distill", "train", "--task", "svamp", "--student", base.student,
+    cmd = [sys.executable, "-m", "slm.distill", "train", "--task", "svamp", "--student", base.student,
            "--rationales", base.rationales, "--out", str(out), "--train-fraction", "0.04", "--steps", "8",
            "--batch-size", "4", "--max-len", "128", "--grad-accum", "2", "--lr", "3e-3", "--log-every", "1",
            "--save-every", "2",
@@ -111,7 +111,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(setup):
 
 
 def test_target_loss_equals_the_full_loss():
-    from distill.multitask import pad, target_loss
+    from slm.distill.multitask import pad, target_loss
     from tests.conftest import tiny_gemma3, tiny_llama
 
     batch = pad([([5, 6, 7, 8, 9, 10], [-100, -100, -100, 8, 9, 10]), ([11, 12, 13], [-100, 12, 13])], 0)
@@ -120,7 +120,7 @@ def test_target_loss_equals_the_full_loss():
 
 
 def test_length_grouped_batches_cover_each_input_once_per_epoch():
-    from distill.multitask import LengthGroupedBatches
+    from slm.distill.multitask import LengthGroupedBatches
 
     lengths = [(i * 37) % 101 for i in range(203)]
     sampler = LengthGroupedBatches(lengths, 8, seed=3, pool=4)
@@ -156,9 +156,9 @@ def test_validation_plateau_stops_and_keeps_the_best_weights(setup, tmp_path):
     best = max(curve, key=lambda p: (p["accuracy"], -p["loss"]))
     assert record.best_step == best["step"] < record.steps
     assert sum(p["step"] > record.best_step for p in curve) == 2   # patience 2: two evaluations without improvement
-    from distill.student import load_causal_lm
-    from distill.train import validation_loss
-    from distill import multitask
+    from slm.distill.student import load_causal_lm
+    from slm.distill.train import validation_loss
+    from slm.distill import multitask
     model, tokenizer = load_causal_lm(tmp_path / "p")   # the written weights are the best step's, not the last
     val = multitask.select(get_task("svamp").load("train"), base.train_fraction, base.seed)[:6]
     encoded, _ = multitask.encode_items(tokenizer, multitask.build_items(val, None, label_source="gold")[0], 128)
@@ -170,7 +170,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(setup):
     root, base = setup
     out = root / "termed"
     def cmd(steps):
-        return [sys.executable, "-m", "distill", "train", "--task", "svamp", "--student", base.student,
+        return [sys.executable, "-m", "slm.distill", "train", "--task", "svamp", "--student", base.student,
                 "--rationales", base.rationales, "--out", str(out), "--train-fraction", "0.04", "--steps", str(steps),
                 "--batch-size", "4", "--max-len", "128", "--lr", "3e-3", "--log-every", "1", "--eval-limit", "1",
                 "--max-new-tokens", "2"]

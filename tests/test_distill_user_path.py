@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from distill.testing import save_tiny_student
+from slm.distill.testing import save_tiny_student
 
 REPO = Path(__file__).resolve().parents[1]
-SLM = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())"]
+SLM = [sys.executable, "-c", "import sys; from slm.cli.main import main; sys.exit(main())"]
 CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"), ("Peru", "Lima"),
             ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Chile", "Santiago"), ("Cuba", "Havana")]
 ENV = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

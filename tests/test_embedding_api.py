@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime import Engine, SamplingParams
+from slm.runtime import Engine, SamplingParams
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "embed.py"
 NOT_RUNTIME = ("torch", "transformers", "onnx", "fastapi", "uvicorn", "starlette")

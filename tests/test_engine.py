@@ -4,8 +4,8 @@ import threading
 import numpy as np
 import pytest
 
-from runtime import Engine, SamplingParams
-from slm.errors import PromptTooLongError, SlmError
+from slm.runtime import Engine, SamplingParams
+from slm.core.errors import PromptTooLongError, SlmError
 
 
 @pytest.fixture(scope="module")

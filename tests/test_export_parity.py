@@ -6,9 +6,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export import build_package
-from runtime import Engine
-from slm.package import read_manifest
+from slm.export import build_package
+from slm.runtime import Engine
+from slm.core.package import read_manifest
 from tests.conftest import tiny_gemma3, tiny_llama
 
 ARCHS = {

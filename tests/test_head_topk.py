@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from export import build_package
-from runtime import Engine
-from slm.errors import SlmError
-from slm.package import read_manifest
+from slm.export import build_package
+from slm.runtime import Engine
+from slm.core.errors import SlmError
+from slm.core.package import read_manifest
 from tests.conftest import tiny_llama
 
 

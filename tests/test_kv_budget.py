@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime import Engine
-from runtime.eviction import POLICIES
-from slm.errors import BudgetExceededError, PromptTooLongError
+from slm.runtime import Engine
+from slm.runtime.eviction import POLICIES
+from slm.core.errors import BudgetExceededError, PromptTooLongError
 
 EVICTING = [p for p in POLICIES if p not in ("none", "namm")]   # namm needs an evolved scorer: tests/test_namm.py
 
@@ -138,7 +138,7 @@ def sliding_package(tmp_path_factory, smollm2_tokenizer):
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from export import build_package
+    from slm.export import build_package
 
     torch.manual_seed(3)
     model = MistralForCausalLM(MistralConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -171,7 +171,7 @@ def test_graph_attention_mass_matches_pytorch(arch, tmp_path, smollm2_tokenizer)
     layers with an 8-token window over a 20-token prompt, and a global layer)."""
     import torch
 
-    from export import build_package
+    from slm.export import build_package
     from tests.conftest import tiny_gemma3, tiny_llama
 
     model = {"llama": tiny_llama, "gemma3": tiny_gemma3}[arch]()

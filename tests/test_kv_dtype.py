@@ -12,12 +12,12 @@ import sys
 import numpy as np
 import pytest
 
-from runtime import Engine
-from runtime.eviction import POLICIES
-from runtime.kv_cache import KVCache
-from runtime.kv_quant import dequantize, quantize
-from slm.errors import PackageError, SlmError
-from slm.package import read_manifest
+from slm.runtime import Engine
+from slm.runtime.eviction import POLICIES
+from slm.runtime.kv_cache import KVCache
+from slm.runtime.kv_quant import dequantize, quantize
+from slm.core.errors import PackageError, SlmError
+from slm.core.package import read_manifest
 
 DTYPES = ("fp32", "fp16", "int8", "int4")
 PROMPT = "The river ran past the old mill, and the miller's daughter counted the boats going down to the sea."
@@ -29,7 +29,7 @@ INT8_TINY_BOUND = 0.05
 @pytest.fixture(scope="module")
 def gemma_package(tmp_path_factory, smollm2_tokenizer):
     """Gemma 3: sliding-window layers (window 8) and global ones, QK-norm, separate Q/K/V into attention."""
-    from export import build_package
+    from slm.export import build_package
     from tests.conftest import tiny_gemma3
 
     out = tmp_path_factory.mktemp("pkg") / "tiny-gemma"
@@ -39,8 +39,8 @@ def gemma_package(tmp_path_factory, smollm2_tokenizer):
 
 @pytest.fixture(scope="module")
 def namm_tiny(tiny_package, tmp_path_factory):
-    from evolve.cli import install
-    from runtime.eviction.namm import BackwardAttentionMemory
+    from slm.evolve.cli import install
+    from slm.runtime.eviction.namm import BackwardAttentionMemory
 
     pkg = tmp_path_factory.mktemp("pkg") / "tiny-namm"
     shutil.copytree(tiny_package, pkg)
@@ -116,7 +116,7 @@ def test_bad_or_missing_dtype_is_one_clear_error(tiny_package, tmp_path, smollm2
     with pytest.raises(PackageError, match=r"kv_scales.int8.npz.* expected \(2, 2, 16\) and positive; re-export"):
         Engine(old, kv_dtype="int8")
     # an fp16 export (fp16 activations) gets no other KV graphs (they are written for fp32-activation exports)
-    from export import build_package
+    from slm.export import build_package
     from tests.conftest import tiny_llama
 
     fp16 = tmp_path / "fp16"
@@ -229,9 +229,9 @@ def test_int8_composes_with_sliding_window_layers_and_statistics(gemma_package):
 def test_slm_chat_kv_dtype_int8_shows_the_capacity_in_the_meter(tiny_package, tmp_path, monkeypatch):
     """`slm chat --kv-dtype int8 --kv-budget 64KiB` through the real CLI, driven by Pilot."""
     pytest.importorskip("textual")
-    from cli.main import main
-    from tui.app import ChatApp
-    from tui.widgets import StatusBar
+    from slm.cli.main import main
+    from slm.tui.app import ChatApp
+    from slm.tui.widgets import StatusBar
 
     monkeypatch.setenv("SLM_DATA", str(tmp_path / "data"))
     monkeypatch.setattr(sys, "argv", ["slm", "chat"])
@@ -257,8 +257,8 @@ def test_server_slots_run_an_int8_cache_each(tiny_package):
     import httpx
     import openai
 
-    from runtime import SamplingParams
-    from runtime.serve import BackgroundServer, create_app
+    from slm.runtime import SamplingParams
+    from slm.runtime.serve import BackgroundServer, create_app
 
     engine = Engine(tiny_package, threads=1, kv_budget="64KiB", kv_dtype="int8")
     prompts = [f"Tell me about the number {i}." for i in range(4)]

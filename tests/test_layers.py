@@ -40,7 +40,7 @@ def test_slm_export_runs_without_onnxruntime(tmp_path, smollm2_tokenizer):
     tiny_llama().save_pretrained(folder)
     smollm2_tokenizer.save_pretrained(folder)
     code = NO_ONNXRUNTIME + (
-        "from cli.main import main\n"
+        "from slm.cli.main import main\n"
         "rc = main(sys.argv[1:])\n"
         "print('ORT:' + str(sys.modules['onnxruntime'] is not None))\n"
         "sys.exit(rc)\n")
@@ -58,7 +58,7 @@ def test_slm_export_runs_without_onnxruntime(tmp_path, smollm2_tokenizer):
 
 def test_slm_chat_help_imports_no_torch():
     code = ("import sys\n"
-            "from cli.main import main\n"
+            "from slm.cli.main import main\n"
             "try:\n    main(['chat', '--help'])\nexcept SystemExit:\n    pass\n"
             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'onnx'})\n"
             "print('HEAVY:' + ','.join(heavy))\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from evals.longctx import evaluate
+from slm.evals.longctx import evaluate
 
 
 def _args(package, out, budgets):
@@ -50,9 +50,9 @@ def test_an_interrupted_evaluation_resumes_and_another_run_is_kept(tiny_package,
 def test_namm_is_evaluated_by_default_only_with_a_scorer(tiny_package, tmp_path):
     import shutil
 
-    from evolve.cli import install
-    from evolve.priors import initial_vector
-    from evals.longctx.evaluate import default_policies
+    from slm.evolve.cli import install
+    from slm.evolve.priors import initial_vector
+    from slm.evals.longctx.evaluate import default_policies
     assert "namm" not in default_policies(tiny_package) and "h2o" in default_policies(tiny_package)
     pkg = tmp_path / "with-scorer"
     shutil.copytree(tiny_package, pkg)

@@ -3,10 +3,10 @@ draft-verify-rewind loop on real packages (same tokens as plain decoding, fewer 
 import numpy as np
 import pytest
 
-from runtime import Engine, SamplingParams
-from runtime.lookup import PromptLookup
-from runtime.sampling import accept_or_resample, make_rng
-from slm.errors import SlmError
+from slm.runtime import Engine, SamplingParams
+from slm.runtime.lookup import PromptLookup
+from slm.runtime.sampling import accept_or_resample, make_rng
+from slm.core.errors import SlmError
 
 
 def test_draft_follows_the_latest_match_of_the_longest_suffix():
@@ -130,7 +130,7 @@ def test_server_with_lookup_streams_the_engines_answer_in_fewer_calls(default_gg
     import httpx
     import openai
 
-    from runtime.serve import BackgroundServer, create_app
+    from slm.runtime.serve import BackgroundServer, create_app
 
     messages = [{"role": "user", "content": "Repeat the following sentence exactly.\n\n"
                  "The quick brown fox jumps over the lazy dog while the farmer counts his seven sheep."}]

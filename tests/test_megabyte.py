@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from runtime import Engine, SamplingParams
-from slm.errors import BudgetExceededError, PackageError, PromptTooLongError, SlmError
+from slm.runtime import Engine, SamplingParams
+from slm.core.errors import BudgetExceededError, PackageError, PromptTooLongError, SlmError
 
 TOL = 1e-4      # fp32 graphs against fp32 PyTorch: max |difference| of logits per byte
 
@@ -29,16 +29,16 @@ def _scaled(model, seed: int):
 
 @pytest.fixture(scope="module")
 def megabyte_model():
-    from megabyte.model import Megabyte
-    from megabyte.train import PRESETS
+    from slm.megabyte.model import Megabyte
+    from slm.megabyte.train import PRESETS
 
     return _scaled(Megabyte(PRESETS["megabyte-tiny"]), seed=0)          # P = 4, GQA 2/1 heads
 
 
 @pytest.fixture(scope="module")
 def byte_package(tmp_path_factory, megabyte_model):
-    from export.megabyte import export_megabyte
-    from megabyte.checkpoint import save_checkpoint
+    from slm.export.megabyte import export_megabyte
+    from slm.megabyte.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("megabyte")
     export_megabyte(save_checkpoint(megabyte_model, root / "ckpt"), root / "pkg")
@@ -70,10 +70,10 @@ def test_export_parity_logits_per_byte(byte_package, megabyte_model, prompt, pol
 def test_flat_baseline_exports_as_a_llama_package(tmp_path):
     import torch
 
-    from export.megabyte import export_flat
-    from megabyte.checkpoint import save_checkpoint
-    from megabyte.model import FlatByteLM
-    from megabyte.train import PRESETS
+    from slm.export.megabyte import export_flat
+    from slm.megabyte.checkpoint import save_checkpoint
+    from slm.megabyte.model import FlatByteLM
+    from slm.megabyte.train import PRESETS
 
     model = _scaled(FlatByteLM(PRESETS["flat-tiny"]), seed=1)
     manifest = export_flat(save_checkpoint(model, tmp_path / "ckpt"), tmp_path / "pkg")
@@ -147,7 +147,7 @@ def test_stop_strings_and_a_chat_that_reuses_its_cache(byte_package):
 
 
 def _slm(*args):
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-m", "slm.cli", *args], capture_output=True, text=True, timeout=180)
 
 
 def test_a_byte_package_answers_through_slm_generate(byte_package):
@@ -198,7 +198,7 @@ def test_malformed_byte_package_is_named(byte_package, tmp_path, corrupt, messag
 
 
 def test_format_version_1_packages_are_still_read(tiny_package, tmp_path):
-    from slm.package import read_manifest
+    from slm.core.package import read_manifest
 
     pkg = _copy(tiny_package, tmp_path)
     _edit(pkg, format_version=1)
@@ -207,7 +207,7 @@ def test_format_version_1_packages_are_still_read(tiny_package, tmp_path):
 
 
 def test_byte_detokenizer_holds_split_characters():
-    from runtime.detokenizer import ByteDetokenizer
+    from slm.runtime.detokenizer import ByteDetokenizer
 
     d = ByteDetokenizer()
     data = "a🙂é".encode()
@@ -233,7 +233,7 @@ def test_a_byte_package_serves_the_openai_api(byte_package):
     import httpx
     import openai
 
-    from runtime.serve import BackgroundServer, create_app
+    from slm.runtime.serve import BackgroundServer, create_app
 
     engine = Engine(byte_package, threads=1)
     chat = [{"role": "user", "content": "Speak."}]
@@ -247,7 +247,7 @@ def test_a_byte_package_serves_the_openai_api(byte_package):
 
 
 def test_plain_chat_with_a_byte_package(byte_package):
-    out = subprocess.run([sys.executable, "-m", "cli", "chat", "--plain", "--model", str(byte_package),
+    out = subprocess.run([sys.executable, "-m", "slm.cli", "chat", "--plain", "--model", str(byte_package),
                           "--max-tokens", "12", "--threads", "1"],
                          input="Good morrow.\nAnd to you?\n", capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
@@ -255,7 +255,7 @@ def test_plain_chat_with_a_byte_package(byte_package):
 
 
 def test_slm_export_takes_a_byte_model_checkpoint(byte_package, tmp_path):
-    from slm.package import read_manifest
+    from slm.core.package import read_manifest
 
     out = _slm("export", str(byte_package.parent / "ckpt"), str(tmp_path / "pkg"))
     assert out.returncode == 0, out.stderr
@@ -282,7 +282,7 @@ def test_megabyte_is_causal_byte_by_byte(megabyte_model):
 
 def test_training_learns_and_resumes(tmp_path):
     """A periodic corpus is learnt in a few dozen steps; rerunning the finished command trains nothing more."""
-    from megabyte.train import TrainConfig, train
+    from slm.megabyte.train import TrainConfig, train
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(b"to be or not to be, " * 400)
@@ -302,11 +302,11 @@ def test_the_tui_chats_with_a_byte_package(byte_package, tmp_path, monkeypatch):
     pytest.importorskip("textual")
     import asyncio
 
-    from runtime import Engine
+    from slm.runtime import Engine
     from tests.test_tui import GREEDY, SIZE, send, until
-    from tui.app import ChatApp
-    from tui.store import Store
-    from tui.widgets import Reply, StatusBar
+    from slm.tui.app import ChatApp
+    from slm.tui.store import Store
+    from slm.tui.widgets import Reply, StatusBar
 
     monkeypatch.setenv("SLM_DATA", str(tmp_path))
     engine = Engine(byte_package, kv_budget=64, kv_policy="streaming")

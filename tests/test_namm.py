@@ -8,16 +8,16 @@ import shutil
 import numpy as np
 import pytest
 
-from evolve.cli import install
-from runtime import Engine
-from runtime.eviction import make_policy
-from runtime.eviction.base import CacheView
-from evolve.priors import initial_vector
-from runtime.eviction.namm import FEATURES, NAMM, BackwardAttentionMemory, namm_features
-from runtime.eviction.namm_file import load_scorer
-from runtime.kv_cache import KVCache
-from slm.errors import PackageError
-from slm.package import read_manifest
+from slm.evolve.cli import install
+from slm.runtime import Engine
+from slm.runtime.eviction import make_policy
+from slm.runtime.eviction.base import CacheView
+from slm.evolve.priors import initial_vector
+from slm.runtime.eviction.namm import FEATURES, NAMM, BackwardAttentionMemory, namm_features
+from slm.runtime.eviction.namm_file import load_scorer
+from slm.runtime.kv_cache import KVCache
+from slm.core.errors import PackageError
+from slm.core.package import read_manifest
 
 
 def reference_scores(net: BackwardAttentionMemory, f: np.ndarray) -> np.ndarray:
@@ -86,8 +86,8 @@ def _view(rng, L=2, H=3, n=40, next_position=300) -> CacheView:
 
 def test_h2o_prior_evicts_what_h2o_evicts():
     """`--prior h2o` starts the evolution at H2O's ranking (accumulated attention)."""
-    from evolve.cma_es import EvolveConfig, search_space
-    from runtime.eviction.h2o import H2O
+    from slm.evolve.cma_es import EvolveConfig, search_space
+    from slm.runtime.eviction.h2o import H2O
     base, _ = search_space(EvolveConfig(package="", search="skip", prior="h2o"))
     scores = NAMM(BackwardAttentionMemory.from_vector(base)).score(view := _view(np.random.default_rng(3)))
     k = 10                                                  # the 10 each (layer, head) would evict
@@ -108,7 +108,7 @@ def test_vector_round_trip_and_size():
 
 
 def test_spectrum_is_an_ema_bank_of_the_attention_mass(tiny_package):
-    from runtime.eviction.namm import SPECTRUM_HALF_LIVES
+    from slm.runtime.eviction.namm import SPECTRUM_HALF_LIVES
     c = KVCache(read_manifest(tiny_package), capacity=8, attention_stats=True)
     c.append(4)
     c.mass[:, 0, :, :4] = 1.0
@@ -169,7 +169,7 @@ def test_namm_never_exceeds_the_budget(namm_package):
 
 
 def test_opening_is_what_each_step_read_in_the_conversations_opening(tiny_package):
-    from runtime.eviction.namm import OPENING
+    from slm.runtime.eviction.namm import OPENING
     c = KVCache(read_manifest(tiny_package), capacity=OPENING[1] + 8, attention_stats=True)
     c.append(OPENING[1] + 2)                # the opening and two tokens after it: one step of 2 queries
     n = c.length
@@ -213,7 +213,7 @@ def test_a_scorer_from_before_log_opening_loads_and_ranks_as_it_did(tmp_path):
 def test_opening_prior_ranks_by_mean_attention_and_the_opening():
     from dataclasses import replace
 
-    from evolve.cma_es import EvolveConfig, search_space
+    from slm.evolve.cma_es import EvolveConfig, search_space
     net = BackwardAttentionMemory.from_vector(initial_vector(0, "opening"))
     w = dict(zip(FEATURES, net.w_skip))
     assert w["log_mass_per_query"] == 1 and w["log_opening"] == 2
@@ -230,7 +230,7 @@ def test_opening_prior_ranks_by_mean_attention_and_the_opening():
 
 
 def test_the_default_models_shipped_scorer_installs_and_evicts_within_budget(default_gguf_package, tmp_path):
-    from runtime.eviction.namm_file import SHIPPED, install_scorer_file
+    from slm.runtime.eviction.namm_file import SHIPPED, install_scorer_file
     pkg = tmp_path / "default"
     shutil.copytree(default_gguf_package, pkg)
     bad = tmp_path / "bad.npz"

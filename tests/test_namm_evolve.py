@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from evolve.cma_es import EvolveConfig, evolve, load_checkpoint
+from slm.evolve.cma_es import EvolveConfig, evolve, load_checkpoint
 from tests.killing import kill_mid_run
 
 pytest.importorskip("cma")
@@ -33,7 +33,7 @@ def test_short_evolution_improves_over_the_initial_mean(tiny_package, tmp_path):
 
 
 def _cli(tiny_package, out, generations):
-    return [sys.executable, "-m", "evolve.cli", "--model", str(tiny_package), "--out", str(out), "--no-install",
+    return [sys.executable, "-m", "slm.evolve.cli", "--model", str(tiny_package), "--out", str(out), "--no-install",
             "--generations", str(generations), "--budget", "0.25", "--tasks", *SMALL["tasks"],
             "--haystacks", *SMALL["haystacks"], "--length", *map(str, SMALL["lengths"]), "--samples", str(SMALL["samples"]),
             "--popsize", str(SMALL["popsize"]), "--sigma0", str(SMALL["sigma0"]), "--prior", "", "--seed", "0"]
@@ -60,7 +60,7 @@ def test_resume_after_a_kill_continues_the_same_run(tiny_package, tmp_path):
 
 
 def test_resume_refuses_a_different_run(tiny_package, tmp_path):
-    from slm.errors import SlmError
+    from slm.core.errors import SlmError
     out = tmp_path / "run"
     evolve(EvolveConfig(package=str(tiny_package), generations=1, **SMALL), out, log=lambda s: None)
     with pytest.raises(SlmError, match="different run"):
@@ -68,7 +68,7 @@ def test_resume_refuses_a_different_run(tiny_package, tmp_path):
 
 
 def test_per_generation_subsets_are_seeded_and_shared_by_the_population(tiny_package, tmp_path):
-    from evolve.cma_es import probes_of_generation
+    from slm.evolve.cma_es import probes_of_generation
     cfg = EvolveConfig(package=str(tiny_package), generations=3, **{**SMALL, "lengths": (160,), "samples": 3, "per_generation": 2})
     state = evolve(cfg, tmp_path / "run", log=lambda s: None)
     subsets = [row["probes"] for row in state["history"]]
@@ -78,8 +78,8 @@ def test_per_generation_subsets_are_seeded_and_shared_by_the_population(tiny_pac
 
 
 def test_skip_search_moves_only_the_linear_skip_and_improves(tiny_package, tmp_path):
-    from evolve.cma_es import expand, search_space
-    from runtime.eviction.namm import FEATURES, BackwardAttentionMemory
+    from slm.evolve.cma_es import expand, search_space
+    from slm.runtime.eviction.namm import FEATURES, BackwardAttentionMemory
     cfg = EvolveConfig(package=str(tiny_package), budget=0.25, generations=5,
                        **{**SMALL, "search": "skip", "prior": "log_mass_ema16"})
     base, index = search_space(cfg)
@@ -98,7 +98,7 @@ def test_skip_search_moves_only_the_linear_skip_and_improves(tiny_package, tmp_p
 
 
 def test_log_retention_fitness_counts_every_probe():
-    from evolve.cma_es import aggregate
+    from slm.evolve.cma_es import aggregate
     # under the mean, one probe that keeps its answer outweighs broad retention on all three; not under the mean log
     broad, lucky = [0.2, 0.2, 0.2], [1.0, 0.05, 0.05]
     assert aggregate(lucky, "retention") > aggregate(broad, "retention")
@@ -109,7 +109,7 @@ def test_log_retention_fitness_counts_every_probe():
 
 
 def test_unknown_prior_is_a_clear_cli_error(tiny_package, capsys):
-    from evolve.cli import main
+    from slm.evolve.cli import main
     assert main(["--model", str(tiny_package), "--prior", "h20", "--no-install"]) == 2
     err = capsys.readouterr().err
     assert "--prior 'h20' is unknown; accepted: '' (none), h2o, opening or a feature: log_mass_last" in err

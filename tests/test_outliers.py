@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.architectures import float_weights, rotary_tables, spec_of
-from export.calibrate import activation_outliers
-from export.graph import Outliers, build_graph
-from export import quantize_weights
+from slm.export.architectures import float_weights, rotary_tables, spec_of
+from slm.export.calibrate import activation_outliers
+from slm.export.graph import Outliers, build_graph
+from slm.export import quantize_weights
 from tests.conftest import tiny_llama
 
 
@@ -84,7 +84,7 @@ def test_decomposition_cuts_the_int8_activation_error():
 def test_untied_4bit_embedding_is_gathered_exactly():
     """A 4-bit embedding with float zero points (a GGUF's Q4_K/Q4_1 token_embd) is dequantised on
     gather with its own blocks, not re-quantised to 8 bits."""
-    from export.quantize import quantize_rtn
+    from slm.export.quantize import quantize_rtn
 
     model = tiny_llama(tie_word_embeddings=False)
     spec = spec_of(model.config, 64)

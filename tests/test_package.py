@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 
-from runtime import Engine
-from slm.errors import PackageError
-from slm.package import FORMAT_VERSION, read_manifest
+from slm.runtime import Engine
+from slm.core.errors import PackageError
+from slm.core.package import FORMAT_VERSION, read_manifest
 
 
 def test_manifest_round_trip(tiny_package):
@@ -58,8 +58,8 @@ def _edit(pkg, **changes):
 def test_students_of_a_quantised_gguf_export_at_int8_by_default(tmp_path, smollm2_tokenizer, capsys, kind, quant, expected):
     """A `slm distill train` folder whose record says it started from a GGUF: int4 would round the
     fine-tune back toward the base (docs/DISTILL.md), so the default is int8 and an explicit int4 warns."""
-    from export import build_package
-    from slm.sources import Source
+    from slm.export import build_package
+    from slm.core.sources import Source
     from tests.conftest import tiny_llama
 
     folder = tmp_path / "student"

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.eviction import H2O, TOVA, KeyNorm, SnapKV, StreamingLLM, make_policy
-from runtime.kv_cache import EvictionConfig, KVCache
-from slm.errors import SlmError
-from slm.package import read_manifest
+from slm.runtime.eviction import H2O, TOVA, KeyNorm, SnapKV, StreamingLLM, make_policy
+from slm.runtime.kv_cache import EvictionConfig, KVCache
+from slm.core.errors import SlmError
+from slm.core.package import read_manifest
 
 
 @pytest.fixture()
@@ -91,7 +91,7 @@ def test_unknown_policy_is_named():
 
 
 def test_each_policy_declares_what_it_reads_and_the_cache_keeps_only_that(tiny_package):
-    from runtime import Engine
+    from slm.runtime import Engine
     assert [s.name for s in H2O.statistics] == ["cumulative"] and not KeyNorm().needs_attention
     for policy, kept in (("h2o", {"cumulative"}), ("tova", {"last"}), ("snapkv", {"recent"}), ("streaming", set()),
                          ("none", set())):
@@ -107,8 +107,8 @@ def test_each_policy_declares_what_it_reads_and_the_cache_keeps_only_that(tiny_p
 
 
 def test_a_snapshot_restores_the_whole_cache_in_place(tiny_package):
-    """What evolve/heldout.py does between scoring an answer and generating one: the same logits after."""
-    from runtime import Engine
+    """What slm/evolve/heldout.py does between scoring an answer and generating one: the same logits after."""
+    from slm.runtime import Engine
     engine = Engine(tiny_package, threads=1, kv_budget=24, kv_policy="h2o", evict_chunk=4, keep_recent=2)
     cache = engine.new_cache()
     eviction = engine.eviction_for(cache)

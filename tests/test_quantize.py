@@ -5,8 +5,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from export.graph import IR_VERSION, MS, OPSET, Graph, linear
-from export.quantize import NBitsWeight, from_gguf, quantize_fit, quantize_rtn
+from slm.export.graph import IR_VERSION, MS, OPSET, Graph, linear
+from slm.export.quantize import NBitsWeight, from_gguf, quantize_fit, quantize_rtn
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -22,7 +22,7 @@ def test_gguf_q4_1_and_q8_0_blocks_carry_exactly():
     import gguf
     from gguf.quants import dequantize
 
-    from slm.sources import default_gguf
+    from slm.core.sources import default_gguf
     reader = gguf.GGUFReader(str(default_gguf()))
     seen = set()
     for t in reader.tensors:
@@ -103,8 +103,8 @@ def test_compact_export_is_4_bit_blocks_of_64_with_integer_zero_points(tmp_path,
     its logits are the fitted weights' (against the fp32 package of the same model: a bounded change)."""
     import onnx
 
-    from export import build_package
-    from runtime import Engine
+    from slm.export import build_package
+    from slm.runtime import Engine
     from tests.conftest import tiny_llama
 
     model = tiny_llama()
@@ -128,9 +128,9 @@ def test_compact_export_is_4_bit_blocks_of_64_with_integer_zero_points(tmp_path,
 
     import torch
 
-    from export import quantize_weights
-    from export.architectures import float_weights, spec_of
-    from export.calibrate import input_importance
+    from slm.export import quantize_weights
+    from slm.export.architectures import float_weights, spec_of
+    from slm.export.calibrate import input_importance
     from tests.test_export_parity import graph_logits
     fitted, _ = quantize_weights(float_weights(model, spec_of(model.config, 512)), "compact",
                                  importance=input_importance(model, smollm2_tokenizer))
@@ -152,7 +152,7 @@ def test_fp32_twin_is_the_package_at_accuracy_0(tmp_path, smollm2_tokenizer):
     """bench/fp32_twin.py (the reference of quality benchmarks for carried packages): every MatMulNBits
     at accuracy_level 0; its logits equal those of the package exported that way."""
     from bench.fp32_twin import twin
-    from export import build_package
+    from slm.export import build_package
     from tests.conftest import tiny_llama
     from tests.test_export_parity import graph_logits
 

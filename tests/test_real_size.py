@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import Engine, SamplingParams
+from slm.runtime import Engine, SamplingParams
 
 PACKAGE = Path.home() / ".cache" / "slm" / "packages" / "qwen2.5-coder-1.5b"
 pytestmark = [pytest.mark.slow,
@@ -33,9 +33,9 @@ def test_the_real_size_model_answers(engine):
 def test_the_real_size_model_chats_in_the_tui(engine, tmp_path, monkeypatch):
     pytest.importorskip("textual")
     from tests.test_tui import GREEDY, SIZE, send, until
-    from tui.app import ChatApp
-    from tui.store import Store
-    from tui.widgets import Reply, StatusBar
+    from slm.tui.app import ChatApp
+    from slm.tui.store import Store
+    from slm.tui.widgets import Reply, StatusBar
 
     monkeypatch.setenv("SLM_DATA", str(tmp_path))
     store = Store(tmp_path / "chats.db")

@@ -6,7 +6,7 @@ import sys
 def test_import_runtime_pulls_no_training_stack(tiny_package):
     code = (
         "import sys\n"
-        "import runtime.engine, runtime.sampling, runtime.detokenizer, runtime.chat_template\n"
+        "import slm.runtime.engine, slm.runtime.sampling, slm.runtime.detokenizer, slm.runtime.chat_template\n"
         "from runtime import Engine\n"
         f"e = Engine({str(tiny_package)!r}, threads=1)\n"
         "text = ''.join(ev.text for ev in e.generate('hi', max_tokens=4))\n"

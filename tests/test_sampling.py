@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.sampling import (
+from slm.runtime.sampling import (
     SamplingParams,
     apply_repetition_penalty,
     categorical,
@@ -237,7 +237,7 @@ def test_params_are_frozen():
 
 def test_module_imports_neither_torch_nor_transformers():
     code = (
-        "import sys, runtime.sampling; "
+        "import sys, slm.runtime.sampling; "
         "bad = {'torch', 'transformers', 'onnx'} & set(sys.modules); "
         "assert not bad, bad"
     )

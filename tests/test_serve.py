@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from runtime import Engine, SamplingParams
-from runtime.serve import BackgroundServer, create_app
+from slm.runtime import Engine, SamplingParams
+from slm.runtime.serve import BackgroundServer, create_app
 
 MODEL = "tiny-llama"
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -134,6 +134,6 @@ def test_openapi_schema_describes_the_request_bodies(server):
 
 
 def test_importing_the_runtime_does_not_import_fastapi():
-    code = "import sys, runtime.engine; print('fastapi' in sys.modules, 'uvicorn' in sys.modules)"
+    code = "import sys, slm.runtime.engine; print('fastapi' in sys.modules, 'uvicorn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

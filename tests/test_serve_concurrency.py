@@ -15,8 +15,8 @@ import httpx
 import openai
 import pytest
 
-from runtime import Engine, SamplingParams
-from runtime.serve import BackgroundServer, create_app
+from slm.runtime import Engine, SamplingParams
+from slm.runtime.serve import BackgroundServer, create_app
 
 MODEL = "tiny-llama"
 
@@ -201,7 +201,7 @@ def test_a_client_that_leaves_while_waiting_costs_nothing(engine):
 def test_slot_pool_is_first_come_first_served_and_survives_cancelled_waiters():
     import asyncio
 
-    from runtime.serve.slots import QueueFullError, SlotPool
+    from slm.runtime.serve.slots import QueueFullError, SlotPool
 
     async def scenario():
         pool = SlotPool(["cache"], max_queue=2)

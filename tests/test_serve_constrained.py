@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 
-from runtime import Engine
-from runtime.serve import BackgroundServer, create_app
+from slm.runtime import Engine
+from slm.runtime.serve import BackgroundServer, create_app
 from tests.test_serve import MODEL, client, engine, server  # noqa: F401 - the same real server fixtures
 
 
@@ -221,8 +221,8 @@ def test_a_tool_call_cut_by_max_tokens_is_length_and_not_a_call(client):
 def test_tool_prompt_follows_the_template(engine):
     """SmolLM2's template has no tool format: the Qwen/Hermes convention goes in as a system message and
     tool results as <tool_response> user turns; a template that renders `tools` gets them itself."""
-    from runtime.serve.schemas import ChatCompletionRequest
-    from runtime.serve.tools import ToolPlan
+    from slm.runtime.serve.schemas import ChatCompletionRequest
+    from slm.runtime.serve.tools import ToolPlan
     body = ChatCompletionRequest.model_validate({"messages": ASK + [
         {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
             "name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
@@ -368,10 +368,10 @@ needs_qwen = pytest.mark.skipif(not (QWEN / "manifest.json").is_file(), reason="
 @needs_qwen
 def test_qwen_template_renders_the_calls_the_grammar_writes():
     """The call text our grammar makes is exactly what Qwen's template writes for an earlier call."""
-    from runtime.chat_template import compile_template
-    from runtime.serve.schemas import ChatCompletionRequest
-    from runtime.serve.tools import ToolPlan
-    from slm.package import read_manifest
+    from slm.runtime.chat_template import compile_template
+    from slm.runtime.serve.schemas import ChatCompletionRequest
+    from slm.runtime.serve.tools import ToolPlan
+    from slm.core.package import read_manifest
     m = read_manifest(QWEN)
     body = ChatCompletionRequest.model_validate({"messages": ASK + [
         {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {

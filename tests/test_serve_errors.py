@@ -6,8 +6,8 @@ import httpx
 import openai
 import pytest
 
-from runtime import Engine
-from runtime.serve import BackgroundServer, create_app
+from slm.runtime import Engine
+from slm.runtime.serve import BackgroundServer, create_app
 
 MODEL = "tiny-llama"
 KEY = "test-key"

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from runtime import Engine
-from runtime.serve import BackgroundServer, create_app
+from slm.runtime import Engine
+from slm.runtime.serve import BackgroundServer, create_app
 
 MODEL = "tiny-llama"
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")

@@ -7,9 +7,9 @@ import warnings
 import onnxruntime as ort
 import pytest
 
-from runtime import Engine
-from runtime.session import open_session
-from slm.errors import ProviderFallbackWarning
+from slm.runtime import Engine
+from slm.runtime.session import open_session
+from slm.core.errors import ProviderFallbackWarning
 
 
 class CudaThatFails:
@@ -46,7 +46,7 @@ def test_asking_for_the_cpu_warns_nothing(tiny_package, broken_cuda):
 
 
 def test_the_cli_prints_the_note_once_not_the_warning(tiny_package, broken_cuda, capsys):
-    from cli.main import main
+    from slm.cli.main import main
     assert main(["generate", "hi", "--model", str(tiny_package), "--raw", "--max-tokens", "2"]) == 0
     err = capsys.readouterr().err
     assert err.count("the CUDA provider failed to start") == 1 and "ProviderFallbackWarning" not in err

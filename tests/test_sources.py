@@ -4,10 +4,10 @@ import sys
 
 import pytest
 
-from runtime import Engine
-from slm.errors import SourceError
-from export.load import forget_gguf_quantization
-from slm.sources import default_gguf, resolve_source
+from slm.runtime import Engine
+from slm.core.errors import SourceError
+from slm.export.load import forget_gguf_quantization
+from slm.core.sources import default_gguf, resolve_source
 from tests.conftest import tiny_llama
 
 
@@ -16,7 +16,7 @@ def test_hf_folder_exports_through_the_cli(tmp_path, smollm2_tokenizer):
     tiny_llama().save_pretrained(folder)
     smollm2_tokenizer.save_pretrained(folder)
     assert resolve_source(str(folder)).kind == "hf"
-    out = subprocess.run([sys.executable, "-m", "cli", "export", str(folder), str(tmp_path / "pkg"),
+    out = subprocess.run([sys.executable, "-m", "slm.cli", "export", str(folder), str(tmp_path / "pkg"),
                           "--quant", "int4"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     engine = Engine(tmp_path / "pkg", threads=1)
@@ -33,7 +33,7 @@ def test_default_gguf_is_found_in_the_installed_wheel():
 
 @pytest.mark.slow                              # loads the real model's weights in torch
 def test_gguf_loaded_model_saves_after_dropping_the_quantisation_record(tmp_path):
-    from export.load import load_model
+    from slm.export.load import load_model
     model, tok = load_model(resolve_source(None))
     forget_gguf_quantization(model)            # load_model already did; doing it twice is harmless
     model.save_pretrained(tmp_path / "hf")

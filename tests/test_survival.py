@@ -1,15 +1,15 @@
-"""evolve.survival: the evidence mask covers the needle sentence, and survival counts what the cache holds."""
+"""slm.evolve.survival: the evidence mask covers the needle sentence, and survival counts what the cache holds."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 
-from evolve.probes import budgeted, probe_of
-from evolve.survival import evidence_mask, kept_positions, main
-from runtime import Engine
-from runtime.eviction import make_policy
-from evals.longctx.tasks import make_cases
+from slm.evolve.probes import budgeted, probe_of
+from slm.evolve.survival import evidence_mask, kept_positions, main
+from slm.runtime import Engine
+from slm.runtime.eviction import make_policy
+from slm.evals.longctx.tasks import make_cases
 
 
 def test_evidence_mask_is_the_needle_sentence(tiny_package):
@@ -40,7 +40,7 @@ def test_survival_of_a_full_cache_is_one_and_a_budget_loses_some(tiny_package, t
 
 
 def test_question_last_probes_ask_only_after_the_text(tiny_package):
-    from evolve.probes import make_probes
+    from slm.evolve.probes import make_probes
     engine = Engine(tiny_package, threads=1)
     first = make_probes(engine, ["niah_single"], ["repeated"], 256, 1, seed=3)[0]
     last = make_probes(engine, ["niah_single"], ["repeated"], 256, 1, seed=3, question_first=False)[0]

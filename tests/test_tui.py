@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("textual")
 
-from runtime import Engine  # noqa: E402
-from tui.app import ChatApp  # noqa: E402
-from tui.screens import HelpScreen, PackagePicker, SettingsScreen  # noqa: E402
-from tui.store import ChatSettings, Store  # noqa: E402
-from tui.widgets import ErrorMessage, PromptInput, Reply, StatusBar, UserMessage  # noqa: E402
+from slm.runtime import Engine  # noqa: E402
+from slm.tui.app import ChatApp  # noqa: E402
+from slm.tui.screens import HelpScreen, PackagePicker, SettingsScreen  # noqa: E402
+from slm.tui.store import ChatSettings, Store  # noqa: E402
+from slm.tui.widgets import ErrorMessage, PromptInput, Reply, StatusBar, UserMessage  # noqa: E402
 
 GREEDY = ChatSettings(temperature=0.0, repetition_penalty=1.0, max_tokens=64)
 SIZE = (100, 30)
@@ -47,7 +47,7 @@ def engine(tiny_package) -> Engine:
 @pytest.fixture
 def db(tmp_path, monkeypatch):
     monkeypatch.setenv("SLM_DATA", str(tmp_path / "data"))
-    from tui.store import default_db_path
+    from slm.tui.store import default_db_path
     return default_db_path()
 
 
@@ -318,7 +318,7 @@ def test_package_picker_opens_a_package_or_says_why_not(tiny_package, db, tmp_pa
 
 
 def test_multiline_input(db):
-    from tui.screenshot import CannedEngine
+    from slm.tui.screenshot import CannedEngine
     store = Store(db)
 
     async def scenario():
@@ -343,8 +343,8 @@ def test_a_model_switch_without_a_factory_keeps_every_engine_option(tiny_package
     """An application starts the chat from Python with a 64-token int8 budget and streaming eviction,
     and no factory: the package picked with Ctrl+O opens with the same options (capacity, policy,
     dtype, eviction sizes, threads), not the 4,096-slot default."""
-    from runtime import EngineOptions
-    from tui.app import run_chat
+    from slm.runtime import EngineOptions
+    from slm.tui.app import run_chat
     cache = tmp_path / "cache"
     shutil.copytree(tiny_package, cache / "another-tiny")
     monkeypatch.setenv("SLM_CACHE", str(cache))

@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("pytest_textual_snapshot")
 
-from slm.errors import PromptTooLongError  # noqa: E402
-from tui.app import ChatApp  # noqa: E402
-from tui.screenshot import ANSWER, QUESTION, CannedEngine  # noqa: E402
-from tui.store import ChatSettings, Store  # noqa: E402
+from slm.core.errors import PromptTooLongError  # noqa: E402
+from slm.tui.app import ChatApp  # noqa: E402
+from slm.tui.screenshot import ANSWER, QUESTION, CannedEngine  # noqa: E402
+from slm.tui.store import ChatSettings, Store  # noqa: E402
 
 SIZE = (110, 34)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 
 def _load_resources():
-    """slm/resources.py (stdlib only), loaded by path: a peer's own environment has no slm installed."""
+    """slm/core/resources.py (stdlib only), loaded by path: a peer's own environment has no slm installed."""
     import importlib.util
-    path = Path(__file__).resolve().parents[2] / "slm/resources.py"
+    path = Path(__file__).resolve().parents[2] / "slm/core/resources.py"
     spec = importlib.util.spec_from_file_location("slm_resources", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -11,7 +11,7 @@ from common import TokenClock, main  # noqa: E402
 
 
 def speed(job: dict) -> dict:
-    from runtime import Engine
+    from slm.runtime import Engine
     import onnxruntime
 
     t = time.perf_counter()
@@ -30,8 +30,8 @@ def speed(job: dict) -> dict:
 def quality(job: dict) -> dict:
     import onnxruntime
 
-    from runtime import Engine
-    from runtime.decoding import greedy, log_probs
+    from slm.runtime import Engine
+    from slm.runtime.decoding import greedy, log_probs
 
     engine = Engine(job["model"], threads=job["threads"])
     tokens = []
@@ -47,8 +47,8 @@ def quality(job: dict) -> dict:
 
 def prepare(job: dict) -> dict:
     """Export a package: variant is QUANT[:accuracy_level], e.g. "gguf:0", "int4:4", "int8", "fp32"."""
-    from export import build_package
-    from slm.sources import resolve_source
+    from slm.export import build_package
+    from slm.core.sources import resolve_source
 
     quant, _, level = job["variant"].partition(":")
     build_package(resolve_source(job["model"]), job["out"], quant=quant, accuracy_level=int(level or 4),
