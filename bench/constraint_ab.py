@@ -35,10 +35,13 @@ DEFAULT_BASELINE = "e416c9f^"       # main just before the merge of issue 18 (co
 
 def worker(package: str, threads: int | None) -> None:
     """Serve rounds on stdin/stdout: a line with a token count in, a JSON line with tokens/s out."""
-    from slm.runtime import Engine
+    try:
+        from slm.runtime import Engine          # this checkout: everything under the slm namespace
+    except ModuleNotFoundError:
+        from runtime import Engine              # a baseline from before the rename (top-level runtime/)
     engine = Engine(package, threads=threads)
     list(engine.generate(PROMPT, max_tokens=8, cache=engine.new_cache()))      # warm: first-call costs
-    print(json.dumps({"ready": True, "runtime": str(Path(sys.modules["runtime"].__file__).parent)}), flush=True)
+    print(json.dumps({"ready": True, "runtime": str(Path(sys.modules[Engine.__module__].__file__).parent)}), flush=True)
     for line in sys.stdin:
         events = list(engine.generate(PROMPT, max_tokens=int(line), ignore_eos=True, cache=engine.new_cache()))
         print(json.dumps({"tokens_per_s": events[-1].tokens_per_s, "tokens": events[-1].generated_tokens}), flush=True)
@@ -73,7 +76,7 @@ class Side:
 
 
 def unpack(commit: str, into: Path) -> Path:
-    """slm/runtime/ and slm/ as of `commit`, from git, under `into`."""
+    """runtime/ and slm/ as of `commit` (a commit from before the slm namespace), from git, under `into`."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, "runtime", "slm"],
                              capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
