@@ -219,7 +219,7 @@ def test_byte_detokenizer_holds_split_characters():
 def test_byte_runtime_pulls_no_training_stack(byte_package):
     code = (
         "import sys\n"
-        "from runtime import Engine\n"
+        "from slm.runtime import Engine\n"
         f"e = Engine({str(byte_package)!r}, threads=1)\n"
         "text = ''.join(ev.text for ev in e.generate('hi', raw=True, max_tokens=9))\n"
         "print(type(e).__name__, 'BAD:' + ','.join(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules))\n"

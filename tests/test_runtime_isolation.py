@@ -7,7 +7,7 @@ def test_import_runtime_pulls_no_training_stack(tiny_package):
     code = (
         "import sys\n"
         "import slm.runtime.engine, slm.runtime.sampling, slm.runtime.detokenizer, slm.runtime.chat_template\n"
-        "from runtime import Engine\n"
+        "from slm.runtime import Engine\n"
         f"e = Engine({str(tiny_package)!r}, threads=1)\n"
         "text = ''.join(ev.text for ev in e.generate('hi', max_tokens=4))\n"
         "bad = [m for m in ('torch', 'transformers', 'onnx') if m in sys.modules]\n"

@@ -65,12 +65,25 @@ def _input_of(module_name: str) -> str | None:
     return None
 
 
+def _calibrate(model, tokenizer, hooks: dict) -> None:
+    """Run the calibration text through `model` with a forward pre-hook on each named module."""
+    import torch
+
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_pre_hook(h) for name, h in hooks.items()]
+    try:
+        with torch.no_grad():
+            for ids in calibration_ids(tokenizer):
+                model(torch.tensor([ids]))
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def activation_outliers(model, tokenizer, max_channels: int) -> dict[str, Outliers]:
     """Per quantised input (each layer's attention and MLP input, and the head's): the channels whose
     calibration amax is at least RATIO times the median channel's, largest first, at most max_channels;
     each scaled by alpha down to a quarter of the median channel's amax."""
-    import torch
-
     amax: dict[str, np.ndarray] = {}
 
     def hook(key):
@@ -79,15 +92,8 @@ def activation_outliers(model, tokenizer, max_channels: int) -> dict[str, Outlie
             amax[key] = np.maximum(amax[key], x) if key in amax else x
         return record
 
-    handles = [m.register_forward_pre_hook(hook(key)) for name, m in model.named_modules()
-               if (key := _input_of(name)) is not None]
-    try:
-        with torch.no_grad():
-            for ids in calibration_ids(tokenizer):
-                model(torch.tensor([ids]))
-    finally:
-        for h in handles:
-            h.remove()
+    _calibrate(model, tokenizer, {name: hook(key) for name, _ in model.named_modules()
+                                  if (key := _input_of(name)) is not None})
     out = {}
     for key, a in amax.items():
         order = np.argsort(a)[::-1]
@@ -120,14 +126,7 @@ def input_importance(model, tokenizer) -> dict[str, np.ndarray]:
             counts[name] = counts.get(name, 0) + x.shape[0]
         return record
 
-    handles = [m.register_forward_pre_hook(hook(name.replace("model.language_model.", "model.") + ".weight"))
-               for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    try:
-        with torch.no_grad():
-            for ids in calibration_ids(tokenizer):
-                model(torch.tensor([ids]))
-    finally:
-        for h in handles:
-            h.remove()
+    _calibrate(model, tokenizer, {name: hook(name.replace("model.language_model.", "model.") + ".weight")
+                                  for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
     return {name: (sums[name] / counts[name]).astype(np.float32) for name in sums}
 
