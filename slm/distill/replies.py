@@ -133,26 +133,22 @@ def _boxed_content(text: str) -> str | None:
     return None
 
 
-def _answer_is(text: str) -> Split | None:
-    matches = list(_ANSWER_IS.finditer(text))
-    if not matches:
-        return None
-    m = matches[-1]
-    answer = _first_line(text[m.end():])
-    if not answer:
-        return None
-    return Split(rationale=_tidy(text[:m.start()]), answer=clean_answer(answer), format="the answer is")
+def _after_last(pattern: re.Pattern, fmt: str):
+    """A reader for replies whose answer follows the last match of `pattern` on the same line."""
+    def read(text: str) -> Split | None:
+        matches = list(pattern.finditer(text))
+        if not matches:
+            return None
+        m = matches[-1]
+        answer = _first_line(text[m.end():])
+        if not answer:
+            return None
+        return Split(rationale=_tidy(text[:m.start()]), answer=clean_answer(answer), format=fmt)
+    return read
 
 
-def _answer_colon(text: str) -> Split | None:
-    matches = list(_ANSWER_COLON.finditer(text))
-    if not matches:
-        return None
-    m = matches[-1]
-    answer = _first_line(text[m.end():])
-    if not answer:
-        return None
-    return Split(rationale=_tidy(text[:m.start()]), answer=clean_answer(answer), format="answer:")
+_answer_is = _after_last(_ANSWER_IS, "the answer is")
+_answer_colon = _after_last(_ANSWER_COLON, "answer:")
 
 
 def _final_line(text: str) -> Split | None:
