@@ -89,7 +89,8 @@ def cpu_seen() -> str:
 
 def worker(job: dict) -> dict:
     """One package on this CPU; a result already computed for the same job and CPU is reused
-    (results/isa_cache/), so a killed or repeated run resumes."""
+    (results/isa_cache/), and a job's finished prompts and windows are kept as it goes
+    (KEY.partial.json), so a killed or repeated run resumes where it stopped."""
     import hashlib
 
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(job["package"]).iterdir())
@@ -106,13 +107,19 @@ def worker(job: dict) -> dict:
     if cached.is_file():
         return json.loads(cached.read_text())
     try:
-        result = compute(job)
-        tmp = cached.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(cached)
+        partial = cached.with_suffix(".partial.json")
+        result = compute(job, partial)
+        _write(cached, result)
+        partial.unlink(missing_ok=True)
     finally:
         lock.unlink(missing_ok=True)
     return result
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
 
 
 def _alive(lock: Path) -> bool:
@@ -124,23 +131,27 @@ def _alive(lock: Path) -> bool:
         return False
 
 
-def compute(job: dict) -> dict:
+def compute(job: dict, partial: Path) -> dict:
+    """Greedy tokens per prompt, NLL per window and the capital answer; each prompt and window is
+    saved to `partial` when done (under QEMU one job takes hours) and skipped when already there."""
     import numpy as np
 
     from slm.runtime import Engine
     from slm.runtime.decoding import greedy
 
     engine = Engine(job["package"], threads=job["threads"])
-    tokens = []
-    for ids in job["prompts"]:
+    done = json.loads(partial.read_text()) if partial.is_file() else {"tokens": [], "nll": []}
+    tokens, nlls = done["tokens"], done["nll"]
+    for ids in job["prompts"][len(tokens):]:
         cache = engine.new_cache(len(ids) + job["new_tokens"] + 8)
         tokens.append(greedy(engine, cache, engine.prefill(cache, ids), job["new_tokens"]))
-    nlls = []
-    for ids in job["windows"]:        # every position's logits in one call (the prefill kernels)
+        _write(partial, {"tokens": tokens, "nll": nlls})
+    for ids in job["windows"][len(nlls):]:        # every position's logits in one call (the prefill kernels)
         rows = engine.verify(engine.new_cache(len(ids) + 8), ids[:-1]).astype(np.float64)
         top = rows.max(-1, keepdims=True)
         lse = np.log(np.exp(rows - top).sum(-1)) + top[:, 0]
         nlls.append((lse - rows[np.arange(len(ids) - 1), ids[1:]]).tolist())
+        _write(partial, {"tokens": tokens, "nll": nlls})
     capital = "".join(e.text for e in engine.generate(CAPITAL, max_tokens=16, cache=engine.new_cache()))
     return {"tokens": tokens, "nll": nlls, "capital": capital, "probe": probe()}
 
