@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("package", type=Path)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--prompt", default="What is the capital of France?")
+    ap.add_argument("--variants", type=int, default=len(VARIANTS), help="only the first N rows (2: the package itself)")
     args = ap.parse_args()
     engine = Engine(args.package, threads=2)
     text = HAYSTACK.read_text()
@@ -87,7 +88,7 @@ def main() -> None:
     print("|---|---:|---:|---|")
     ref = None
     with tempfile.TemporaryDirectory() as d:
-        for i, (label, level) in enumerate(VARIANTS.items()):
+        for i, (label, level) in enumerate(list(VARIANTS.items())[:args.variants]):
             pkg = variant(args.package, Path(d) / str(i), level)
             logits = [all_logits(pkg, w) for w in windows]
             first = all_logits(pkg, prompt)[-1]

@@ -32,6 +32,7 @@ def _planted_model():
     with torch.no_grad():
         model.model.layers[0].input_layernorm.weight[5] = 40.0
         model.model.layers[1].post_attention_layernorm.weight[9] = 40.0
+        model.model.layers[0].mlp.up_proj.weight[7] *= 400.0    # the down projection's input channel 7
     return model
 
 
@@ -39,6 +40,7 @@ def test_calibration_finds_the_planted_outlier_channels(smollm2_tokenizer):
     found = activation_outliers(_planted_model(), smollm2_tokenizer, max_channels=4)
     assert 5 in found["model.layers.0.attn_in"].channels
     assert 9 in found["model.layers.1.mlp_in"].channels
+    assert 7 in found["model.layers.0.down_in"].channels
     assert all(len(o.channels) <= 4 and np.all((o.alpha > 0) & (o.alpha <= 1)) for o in found.values())
     # scaled down to ordinary magnitudes: the planted x40 channel by about 1/40 or more
     planted = found["model.layers.0.attn_in"]
@@ -55,6 +57,8 @@ def test_decomposition_is_exact_with_fp32_activations(quant):
     rope = rotary_tables(model, spec, 64)
     channels = {"model.layers.0.attn_in": Outliers(np.array([5, 17]), np.array([0.05, 0.5], np.float32)),
                 "model.layers.1.mlp_in": Outliers(np.array([9]), np.array([0.1], np.float32)),
+                "model.layers.0.down_in": Outliers(np.array([7, 40]), np.array([0.02, 0.5], np.float32)),
+                "model.layers.1.down_in": Outliers(np.array([3]), np.array([0.2], np.float32)),
                 "head_in": Outliers(np.array([3, 60]), np.array([0.25, 0.3], np.float32))}
     ids = np.random.default_rng(0).integers(3, 49152, size=(1, 24)).astype(np.int64)
     plain = _logits(*build_graph(spec, weights, rope, accuracy_level=0), spec, ids)
@@ -75,7 +79,8 @@ def test_decomposition_cuts_the_int8_activation_error():
     exact = _logits(*build_graph(spec, weights, rope, accuracy_level=0), spec, ids)
     int8 = _logits(*build_graph(spec, weights, rope, accuracy_level=4), spec, ids)
     channels = {"model.layers.0.attn_in": Outliers(np.array([5]), np.array([1 / 40], np.float32)),
-                "model.layers.1.mlp_in": Outliers(np.array([9]), np.array([1 / 40], np.float32))}
+                "model.layers.1.mlp_in": Outliers(np.array([9]), np.array([1 / 40], np.float32)),
+                "model.layers.0.down_in": Outliers(np.array([7]), np.array([1 / 400], np.float32))}
     split = _logits(*build_graph(spec, weights, rope, accuracy_level=4, outliers=channels), spec, ids)
     err_int8, err_split = np.abs(int8 - exact).mean(), np.abs(split - exact).mean()
     assert err_split < 0.5 * err_int8, (err_split, err_int8)
@@ -115,3 +120,34 @@ def test_int4_side_path_with_qkv_biases_is_exact():
     got = _logits(*build_graph(spec, weights, rope, accuracy_level=0), spec, ids)
     ref = _logits(*build_graph(spec, as_float, rope, accuracy_level=0), spec, ids)
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def _only_int8_at(model_proto, node_name: str):
+    """The graph with fp32 activations everywhere except the MatMulNBits named `node_name` (int8)."""
+    for node in model_proto.graph.node:
+        if node.op_type == "MatMulNBits":
+            for a in node.attribute:
+                if a.name == "accuracy_level":
+                    a.i = 4 if node.name == node_name else 0
+    return model_proto
+
+
+def test_down_projection_outliers_cut_the_int8_activation_error():
+    """A channel of act(gate) * up ~20x the median one (a 'massive activation' of the down projection's
+    input; SmolLM2's layer 11 has one at 3,769x its median): scaled down in up's rows, the rest through
+    fp32. Only that projection runs int8 activations, so its error is all there is to see."""
+    model = _planted_model()
+    spec = spec_of(model.config, 64)
+    weights, _ = quantize_weights(float_weights(model, spec), "int4")
+    rope = rotary_tables(model, spec, 64)
+    ids = np.random.default_rng(4).integers(3, 49152, size=(1, 32)).astype(np.int64)
+    name = "model.layers.0.mlp.down_proj"
+    exact = _logits(*build_graph(spec, weights, rope, accuracy_level=0), spec, ids)
+    plain, io, kv = build_graph(spec, weights, rope, accuracy_level=4)
+    int8 = _logits(_only_int8_at(plain, name), io, kv, spec, ids)
+    channels = {"model.layers.0.down_in": Outliers(np.array([7]), np.array([1 / 400], np.float32))}
+    split_model, io, kv = build_graph(spec, weights, rope, accuracy_level=4, outliers=channels)
+    split = _logits(_only_int8_at(split_model, name), io, kv, spec, ids)
+    err_int8, err_split = np.abs(int8 - exact).mean(), np.abs(split - exact).mean()
+    assert err_int8 > 0
+    assert err_split < 0.5 * err_int8, (err_split, err_int8)

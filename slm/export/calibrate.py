@@ -4,12 +4,14 @@ With accuracy_level 4, ONNX Runtime quantises each block of 32 activations to in
 largest magnitude as its scale. A few hidden channels of every LLM carry activations tens of times
 larger than the rest ("massive activations"; LLM.int8(), Dettmers et al. 2022): the other 31 values
 of their block keep only a few bits. Those channels are the same for every input, so they are found
-once at export on calibration text: the norm before the projection scales them down to ordinary
-magnitudes and an exact fp32 path adds back the rest (LLM.int8()'s mixed-precision decomposition; see
+once at export on calibration text: the norm before the projection (for the down projection, whose
+input is act(gate) * up, up's own output rows) scales them down to ordinary magnitudes and an exact
+fp32 path adds back the rest (LLM.int8()'s mixed-precision decomposition; see
 slm.export.graph.linear_with_outliers), so the int8 kernel's blocks keep their precision.
 
     outliers = activation_outliers(model, tokenizer, max_channels=8)
-    # {"model.layers.3.attn_in": Outliers(channels=array([31, 129]), alpha=array([0.21, 0.08])), ..., "head_in": ...}
+    # {"model.layers.3.attn_in": Outliers(channels=array([31, 129]), alpha=array([0.21, 0.08])),
+    #  "model.layers.3.mlp_in": ..., "model.layers.3.down_in": ..., "head_in": ...}
 
 The calibration text below is written for this purpose: it is neither evaluation data (Tiny
 Shakespeare, LongEval, the distillation tasks) nor a test prompt, and mixes prose, code, a list and
@@ -59,7 +61,7 @@ def _input_of(module_name: str) -> str | None:
     name = module_name.replace("model.language_model.", "model.")
     if name == "lm_head":
         return "head_in"
-    for suffix, key in ((".self_attn.q_proj", "attn_in"), (".mlp.gate_proj", "mlp_in")):
+    for suffix, key in ((".self_attn.q_proj", "attn_in"), (".mlp.gate_proj", "mlp_in"), (".mlp.down_proj", "down_in")):
         if name.endswith(suffix):
             return name[: -len(suffix)] + "." + key
     return None
@@ -81,7 +83,7 @@ def _calibrate(model, tokenizer, hooks: dict) -> None:
 
 
 def activation_outliers(model, tokenizer, max_channels: int) -> dict[str, Outliers]:
-    """Per quantised input (each layer's attention and MLP input, and the head's): the channels whose
+    """Per quantised input (each layer's attention, MLP and down-projection input, and the head's): the channels whose
     calibration amax is at least RATIO times the median channel's, largest first, at most max_channels;
     each scaled by alpha down to a quarter of the median channel's amax."""
     amax: dict[str, np.ndarray] = {}

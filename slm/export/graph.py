@@ -150,6 +150,21 @@ def fold_outliers(gamma: np.ndarray, outliers: Outliers | None) -> np.ndarray:
     return gamma
 
 
+def scale_rows(w, outliers: Outliers | None):
+    """The weight whose output rows `outliers.channels` are scaled by alpha: how the down projection's
+    input (act(gate) * up, linear in up) gets its outlier channels scaled, in up's own block scales
+    (a float zero point, -offset/scale, is unchanged by it; uint8 ones too): no new op, exact."""
+    if outliers is None:
+        return w
+    if isinstance(w, NBitsWeight):
+        scales = w.scales.copy()
+        scales[outliers.channels] *= outliers.alpha[:, None]
+        return NBitsWeight(w.q, scales, w.zero_points, w.bits, w.block_size, w.source)
+    w = w.astype(np.float32).copy()
+    w[outliers.channels] *= outliers.alpha[:, None]
+    return w
+
+
 def outlier_columns(w: NBitsWeight, outliers: Outliers) -> np.ndarray:
     """(c, N): what the scaled-down channels still owe, (1/alpha - 1) * W[:, channels].T, from the blocks' exact values."""
     return np.ascontiguousarray((w.columns(outliers.channels) * (1.0 / outliers.alpha - 1.0)).T.astype(np.float32))
@@ -310,7 +325,7 @@ def build_graph(spec: Spec, weights: dict, rope: dict[str, tuple[np.ndarray, np.
     """weights: HF names -> float array (torch layout) or NBitsWeight; rope: key -> (cos, sin) (P, hd/2).
     kv_dtype: the float type of activations (and of the cache); cache: another KV cache dtype (a key
     of CACHE_FORMATS) under float32 activations; a quantized one takes per-layer scale inputs;
-    outliers: input key ("model.layers.{i}.attn_in" / ".mlp_in", "head_in") -> Outliers (their remainder in fp32);
+    outliers: input key ("model.layers.{i}.attn_in" / ".mlp_in" / ".down_in", "head_in") -> Outliers (their remainder in fp32);
     saved: initializers another graph of the package already wrote, referenced by name (one weights file).
 
     Returns the model, its IO names, and the KV tensor names per layer (and scale names, if any).
@@ -471,18 +486,20 @@ def mlp(g: Graph, layer: Layer, i: int, h: str) -> str:
     p = f"model.layers.{i}."
     m = p + "mlp."
     inter = weights[m + "gate_proj.weight"].shape[0]
-    fused = fuse([weights[m + "gate_proj.weight"], weights[m + "up_proj.weight"]], [None, None])
+    down_in = outliers.get(p + "down_in")          # the down projection's input outliers, scaled in up's rows
+    up_w = scale_rows(weights[m + "up_proj.weight"], down_in)
+    fused = fuse([weights[m + "gate_proj.weight"], up_w], [None, None])
     if fused is not None:
         gate, up = g.op("Split", [linear(g, h, fused[0], m + "gate_up_proj", None, acc, outliers.get(p + "mlp_in")),
                                   g.init(m + "split", np.array([inter, inter], np.int64))], n_out=2, axis=-1)
     else:
         gate = linear(g, h, weights[m + "gate_proj.weight"], m + "gate_proj", None, acc, outliers.get(p + "mlp_in"))
-        up = linear(g, h, weights[m + "up_proj.weight"], m + "up_proj", None, acc, outliers.get(p + "mlp_in"))
+        up = linear(g, h, up_w, m + "up_proj", None, acc, outliers.get(p + "mlp_in"))
     if layer.spec.activation == "silu":
         act = g.op("QuickGelu", [gate], domain=MS, alpha=1.0)          # x * sigmoid(x)
     else:
         act = g.op("FastGelu", [gate], domain=MS)                       # tanh-approximated GELU
-    return linear(g, g.op("Mul", [act, up]), weights[m + "down_proj.weight"], m + "down_proj", None, acc)
+    return linear(g, g.op("Mul", [act, up]), weights[m + "down_proj.weight"], m + "down_proj", None, acc, down_in)
 
 
 def head(g: Graph, layer: Layer, table, embed_name: str | None, pending: str, residual: str, keep: str,
