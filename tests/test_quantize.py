@@ -63,6 +63,78 @@ def test_every_matmulnbits_form_equals_the_dequantised_matmul(form):
         assert nodes == 2            # MatMulNBits and the output: no side path, no zero points
 
 
+_FP16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208]}
+
+
+def _random_gguf_blocks(type_name: str, rows: int, k: int, seed: int) -> np.ndarray:
+    """Raw GGUF rows of `type_name`: random codes and sub-block scales, sane fp16 super-block scales
+    (gguf-py cannot quantise K-quants, so the blocks are made byte by byte; every byte pattern is valid).
+    A few blocks get a zero scale, as a block of equal weights does."""
+    from slm.export.quantize import GGUF_BLOCKS
+
+    block_bytes, per_block = GGUF_BLOCKS[type_name][:2]
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, (rows, k // per_block, block_bytes), dtype=np.uint8)
+    for at in _FP16_FIELDS[type_name]:
+        d = rng.uniform(1e-3, 5e-2, raw.shape[:2]).astype(np.float16)
+        d[0, 0] = 0                                  # a flat block
+        raw[..., at:at + 2] = d.view(np.uint8).reshape(*raw.shape[:2], 2)
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"])
+def test_stored_gguf_factors_give_the_blocks_exactly(type_name):
+    """A carried tensor keeps the GGUF's own scale factors (fp16 x integer): they multiply back to the
+    carry's float32 scales bit for bit, and the package built from them computes the dequantised
+    matmul (max |dequant - GGUF| is 0 up to float32 rounding) with fewer bytes than float32 scales."""
+    import gguf
+    from gguf.quants import dequantize
+
+    from slm.export.quantize import _fold
+
+    raw = _random_gguf_blocks(type_name, 24, 512, seed=3)
+    deq = dequantize(raw, gguf.GGMLQuantizationType[type_name]).reshape(24, 512).astype(np.float32)
+    w = from_gguf(raw, type_name, deq)
+    assert w.stored is not None
+    folded = _fold(w.stored.scale_coarse, w.stored.scale_fine)
+    flat = folded == 0                  # the carry stores 1.0 there (its codes are 0); both read 0 or the offset
+    assert flat.any() and np.array_equal(folded[~flat], w.scales[~flat]) and np.all(w.scales[flat] == 1)
+    assert np.abs(w.dequantize() - deq).max() <= 1e-6 * np.abs(deq).max()
+    y, ref, _ = _run_linear(w)
+    plain, _, _ = _run_linear(NBitsWeight(w.q, w.scales, w.zero_points, w.bits, w.block_size, w.source))
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert np.abs(y - plain).max() <= 1e-5 * np.abs(ref).max()
+    stored_bytes, plain_bytes = _init_bytes(w), _init_bytes(NBitsWeight(w.q, w.scales, w.zero_points, w.bits, w.block_size))
+    codes = w.q.size * w.bits / 8
+    assert stored_bytes - codes <= 0.55 * (plain_bytes - codes), (stored_bytes, plain_bytes, codes)
+
+
+def _init_bytes(w: NBitsWeight) -> int:
+    g = Graph(TensorProto.FLOAT)
+    linear(g, g.input("x", TensorProto.FLOAT, [1, 2, w.shape[1]]), w, "lin", None, 0)
+    return sum(len(t.raw_data) for t in g.inits)
+
+
+def test_stored_factors_survive_fusing_reordering_and_row_scaling():
+    """QKV / gate-up fusion, llama.cpp's Q/K row order and the down projection's outlier scaling of
+    up's rows all keep the stored factors, and the graph still computes the dequantised matmul."""
+    import gguf
+    from gguf.quants import dequantize
+
+    from slm.export.graph import Outliers, scale_rows
+    from slm.export.quantize import concat_rows
+
+    parts = []
+    for seed in (4, 5):
+        raw = _random_gguf_blocks("Q4_K", 16, 256, seed)
+        parts.append(from_gguf(raw, "Q4_K", dequantize(raw, gguf.GGMLQuantizationType.Q4_K).reshape(16, 256).astype(np.float32)))
+    w = concat_rows(parts).take_rows(np.random.default_rng(6).permutation(32))
+    w = scale_rows(w, Outliers(np.array([3, 17]), np.array([0.01, 0.5], np.float32)))
+    assert w.stored is not None and w.stored.row_scale is not None
+    y, ref, _ = _run_linear(w)
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
 def _min_max_integer_zero_point(w: np.ndarray, block: int) -> np.ndarray:
     """The plain grid quantize_fit starts from: min-max scale, integer zero point, round to nearest."""
     b = w.reshape(w.shape[0], -1, block)

@@ -76,16 +76,18 @@ class Graph:
         self.saved = saved or {}        # initializers already written (external data): referenced, not copied
         self._n = 0
         self._init_names: set[str] = set()
+        self.made: dict[str, str] = {}     # outputs made once per graph and read by several nodes, by role
 
-    def init(self, name: str, array: np.ndarray) -> str:
-        """Add a constant; a name already added is shared, not copied (tied embedding and head)."""
+    def init(self, name: str, array: np.ndarray, keep_dtype: bool = False) -> str:
+        """Add a constant; a name already added is shared, not copied (tied embedding and head).
+        Floats become the graph's float type unless `keep_dtype` (a GGUF's float16 scale factors)."""
         if name in self._init_names:
             return name
         self._init_names.add(name)
         if name in self.saved:
             self.inits.append(self.saved[name])
             return name
-        if array.dtype in (np.float32, np.float64, np.float16):
+        if array.dtype in (np.float32, np.float64, np.float16) and not keep_dtype:
             array = array.astype(np.float16 if self.float_type == TensorProto.FLOAT16 else np.float32)
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
@@ -116,20 +118,82 @@ def linear(g: Graph, x: str, w, name: str, bias: np.ndarray | None, accuracy_lev
         w = w.astype(np.float32).copy()
         w[:, outliers.channels] /= outliers.alpha
     if isinstance(w, NBitsWeight) and w.zero_points.dtype == np.float32 and w.bits == 4 and np.all(w.zero_points == 8):
-        w = NBitsWeight(w.q, w.scales, np.zeros((0, 0), np.uint8), 4, w.block_size, w.source)   # symmetric (Q4_0)
+        w = NBitsWeight(w.q, w.scales, np.zeros((0, 0), np.uint8), 4, w.block_size, w.source, w.stored)   # symmetric (Q4_0)
     elif isinstance(w, NBitsWeight) and w.zero_points.dtype == np.float32:
         return linear_float_zero_point(g, x, w, name, bias, accuracy_level)
     if isinstance(w, NBitsWeight):
         n, k = w.shape
-        ins = [x, g.init(f"{name}.qweight", w.packed()), g.init(f"{name}.scales", w.scales.reshape(-1))]
+        ins = [x, g.init(f"{name}.qweight", w.packed()), scales_input(g, name, w)]
         # no zero points: MatMulNBits' default (8 at 4 bits), its fastest kernel
-        ins.append(g.init(f"{name}.zero_points", w.packed_zero_points()) if w.zero_points.size else "")
+        ins.append(zero_points_input(g, name, w) if w.zero_points.size else "")
         if bias is not None:
             ins += ["", g.init(f"{name}.bias", bias)]
         return g.op("MatMulNBits", ins, domain=MS, name=name, K=k, N=n, bits=w.bits,
                     block_size=w.block_size, accuracy_level=accuracy_level)
     y = g.op("MatMul", [x, g.init(f"{name}.weight", np.ascontiguousarray(w.T))], name=name)
     return y if bias is None else g.op("Add", [y, g.init(f"{name}.bias", bias)])
+
+
+def _stored(w: NBitsWeight):
+    """The GGUF factors the package stores for w's scales (and offsets, where it has float zero
+    points), or None when w's float32 scales are stored as they are."""
+    st = w.stored
+    if st is None or (w.zero_points.dtype == np.float32 and st.offset_coarse is None):
+        return None
+    return st
+
+
+def _folded(g: Graph, name: str, coarse: np.ndarray, fine: np.ndarray | None, row: np.ndarray | None) -> str:
+    """(N, blocks) float = coarse * fine [* row], from the stored factors: constants only, so ONNX
+    Runtime folds them once at load; exact in float32 (BlockScales)."""
+    n, s = coarse.shape
+    out = g.op("Cast", [g.init(f"{name}_coarse", coarse, keep_dtype=True)], to=g.float_type)
+    if fine is not None:
+        per = fine.shape[1] // s
+        f = g.op("Cast", [g.init(f"{name}_fine", fine.reshape(n, s, per), keep_dtype=True)], to=g.float_type)
+        out = g.op("Mul", [g.op("Unsqueeze", [out, g.init("axes/-1", np.array([-1], np.int64))]), f])
+        out = g.op("Reshape", [out, g.init(f"shape/{n}x{s * per}", np.array([n, s * per], np.int64))])
+    if row is not None:
+        out = g.op("Mul", [out, g.init(f"{name.rsplit('.', 1)[0]}.row_scale", row[:, None])])
+    return out
+
+
+def block_scales(g: Graph, name: str, w: NBitsWeight) -> str:
+    """w's scales (N, K/bs), from the stored GGUF factors when there are some."""
+    st = _stored(w)
+    if st is None:
+        return g.init(f"{name}.scales2d", w.scales)
+    return _folded(g, f"{name}.scale", st.scale_coarse, st.scale_fine, st.row_scale)
+
+
+def block_offsets(g: Graph, name: str, w: NBitsWeight) -> str:
+    """w's float offsets (N, K/bs), w = scale * code + offset, from the stored GGUF factors when there are some."""
+    st = _stored(w)
+    if st is None:
+        return g.init(f"{name}.offsets2d", (-w.zero_points.astype(np.float32) * w.scales).astype(np.float32))
+    return _folded(g, f"{name}.offset", st.offset_coarse, st.offset_fine, st.row_scale)
+
+
+def scales_input(g: Graph, name: str, w: NBitsWeight) -> str:
+    """MatMulNBits' scales input (N * K/bs): float32 as is, or folded from the stored GGUF factors."""
+    if _stored(w) is None:
+        return g.init(f"{name}.scales", w.scales.reshape(-1))
+    return g.op("Reshape", [block_scales(g, name, w), g.init("shape/flat", np.array([-1], np.int64))])
+
+
+def zero_points_input(g: Graph, name: str, w: NBitsWeight) -> str:
+    """MatMulNBits' zero points. A GGUF 8-bit container's are one constant (Q8_0 128, Q6_K 32, Q5_0
+    16; a block of zero scale reads 0 whatever its zero point): stored as that one byte, or left out
+    at 128 (the kernel's default)."""
+    zp = w.zero_points
+    if _stored(w) is not None and zp.dtype == np.uint8 and w.bits == 8:
+        if np.all(zp == zp.flat[0]):
+            c = int(zp.flat[0])
+            if c == 128:
+                return ""
+            return g.op("Expand", [g.init(f"zero_point/{c}", np.array([c], np.uint8)),
+                                   g.init(f"shape/{zp.size}", np.array([zp.size], np.int64))])
+    return g.init(f"{name}.zero_points", w.packed_zero_points())
 
 
 @dataclass(frozen=True)
@@ -159,7 +223,8 @@ def scale_rows(w, outliers: Outliers | None):
     if isinstance(w, NBitsWeight):
         scales = w.scales.copy()
         scales[outliers.channels] *= outliers.alpha[:, None]
-        return NBitsWeight(w.q, scales, w.zero_points, w.bits, w.block_size, w.source)
+        stored = None if w.stored is None else w.stored.with_row_scale(outliers.channels, outliers.alpha)
+        return NBitsWeight(w.q, scales, w.zero_points, w.bits, w.block_size, w.source, stored)
     w = w.astype(np.float32).copy()
     w[outliers.channels] *= outliers.alpha[:, None]
     return w
@@ -200,10 +265,18 @@ def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, a
     exact in real arithmetic; ONNX Runtime's CPU kernel for float zero points is ~20x slower.
     """
     n, k = w.shape
-    side = np.ascontiguousarray((w.scales * (8.0 - w.zero_points)).T)          # (K/bs, N)
-    if outliers is not None:
-        side = np.concatenate([side, outlier_columns(w, outliers)])
-    ins = [x, g.init(f"{name}.qweight", w.packed()), g.init(f"{name}.scales", w.scales.reshape(-1))]
+    if _stored(w) is None:
+        side = np.ascontiguousarray((w.scales * (8.0 - w.zero_points)).T)          # (K/bs, N)
+        if outliers is not None:
+            side = np.concatenate([side, outlier_columns(w, outliers)])
+        side = g.init(f"{name}.block_offsets", side)
+    else:       # o = 8 s + offset from the stored factors, folded at load
+        scale = block_scales(g, name, w)
+        side = g.op("Transpose", [g.op("Add", [g.op("Mul", [scale, g.init("eight", np.array(8.0, np.float32))]),
+                                               block_offsets(g, name, w)])], perm=[1, 0])
+        if outliers is not None:
+            side = g.op("Concat", [side, g.init(f"{name}.outlier_weight", outlier_columns(w, outliers))], axis=0)
+    ins = [x, g.init(f"{name}.qweight", w.packed()), scales_input(g, name, w)]
     if bias is not None:
         ins += ["", "", g.init(f"{name}.bias", bias)]
     main = g.op("MatMulNBits", ins, domain=MS, name=name, K=k, N=n, bits=4, block_size=w.block_size,
@@ -213,7 +286,7 @@ def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, a
     if outliers is not None:
         cols = g.op("Gather", [x, g.init(f"{name}.outlier_channels", outliers.channels.astype(np.int64))], axis=2)
         feats = g.op("Concat", [feats, cols], axis=-1)
-    return g.op("Add", [main, g.op("MatMul", [feats, g.init(f"{name}.block_offsets", side)])])
+    return g.op("Add", [main, g.op("MatMul", [feats, side])])
 
 
 def topk_rescored_head(g: Graph, h: str, table: NBitsWeight, k: int, accuracy_level: int, H: int) -> str:
@@ -228,7 +301,7 @@ def topk_rescored_head(g: Graph, h: str, table: NBitsWeight, k: int, accuracy_le
     """
     approx = linear(g, h, quantize_symmetric(table.dequantize(), 4, table.block_size), "head4", None, accuracy_level)
     _, ids = g.op("TopK", [approx, g.init("head_topk/k", np.array([k], np.int64))], n_out=2, axis=-1)
-    rows = g.op("GatherBlockQuantized", ["embed.qweight", ids, "embed.scales3d", "embed.zero_points3d"],
+    rows = g.op("GatherBlockQuantized", ["embed.qweight", ids, *table_gather_inputs(g, table)],
                 domain=MS, gather_axis=0, quantize_axis=2, block_size=table.block_size, bits=8)
     rows = g.op("Reshape", [rows, g.init("head_topk/rows", np.array([0, 0, k, H], np.int64))])
     h4 = g.op("Unsqueeze", [h, g.init("axes/2", np.array([2], np.int64))])                 # (B, S, 1, H)
@@ -254,10 +327,35 @@ def gather_4bit_rows(g: Graph, table: NBitsWeight, ids: str) -> str:
                             g.op("Unsqueeze", [high, "axes/-1"])], axis=-1)               # (B, S, H/2, 2)
     codes = g.op("Cast", [g.op("Reshape", [pairs, g.init("embed.block_shape", np.array([0, 0, nb, table.block_size], np.int64))])],
                  to=TensorProto.FLOAT)
-    scale = g.op("Gather", [g.init("embed.row_scales", table.scales[..., None]), ids])    # (B, S, H/bs, 1)
-    offset = g.op("Gather", [g.init("embed.row_offsets", (-table.zero_points.astype(np.float32) * table.scales)[..., None].astype(np.float32)), ids])
+    if _stored(table) is None:
+        scales = g.init("embed.row_scales", table.scales[..., None])
+        offsets = g.init("embed.row_offsets", (-table.zero_points.astype(np.float32) * table.scales)[..., None].astype(np.float32))
+    else:
+        scales = g.op("Unsqueeze", [block_scales(g, "embed", table), "axes/-1"])
+        offsets = g.op("Unsqueeze", [block_offsets(g, "embed", table), "axes/-1"])
+    scale = g.op("Gather", [scales, ids])                                                  # (B, S, H/bs, 1)
+    offset = g.op("Gather", [offsets, ids])
     x = g.op("Add", [g.op("Mul", [codes, scale]), offset])
     return g.op("Reshape", [x, g.init("shape/hidden", np.array([0, 0, h], np.int64))])
+
+
+def table_gather_inputs(g: Graph, table: NBitsWeight) -> tuple[str, str]:
+    """GatherBlockQuantized's scales and zero points (V, H/bs, 1) for the 8-bit table, made once per
+    graph (the embedding and a re-scored head read them): float32 as is, or the head's folded scales
+    and the one constant zero point of a GGUF carry (zero_points_input)."""
+    if _stored(table) is None:
+        return (g.init("embed.scales3d", table.scales[..., None]),
+                g.init("embed.zero_points3d", table.zero_points[..., None]))
+    if "embed.scales3d" in g.made:
+        return g.made["embed.scales3d"], g.made["embed.zero_points3d"]
+    scales3d = g.op("Unsqueeze", [block_scales(g, "embed", table), g.init("axes/-1", np.array([-1], np.int64))])
+    size = table.zero_points.size
+    zp = zero_points_input(g, "embed", table) or g.op("Expand", [g.init("zero_point/128", np.array([128], np.uint8)),
+                                                                 g.init(f"shape/{size}", np.array([size], np.int64))])
+    v, nb = table.scales.shape
+    zp3d = g.op("Reshape", [zp, g.init(f"shape/{v}x{nb}x1", np.array([v, nb, 1], np.int64))])
+    g.made["embed.scales3d"], g.made["embed.zero_points3d"] = scales3d, zp3d
+    return scales3d, zp3d
 
 
 def requantize_8bit(w: NBitsWeight, why: str) -> NBitsWeight:
@@ -371,9 +469,8 @@ def embedding(g: Graph, spec: Spec, table, ids: str) -> tuple[str, object, str |
         # 8-bit blocks (V, H/bs, bs), dequantised on gather; the same bytes serve a tied lm_head's MatMulNBits
         if table.bits != 8 or table.zero_points.dtype != np.uint8:
             table = requantize_8bit(table, "the tied embedding/head (GatherBlockQuantized takes integer zero points)")
-        x = g.op("GatherBlockQuantized", [g.init("embed.qweight", table.packed()), ids,
-                                          g.init("embed.scales3d", table.scales[..., None]),
-                                          g.init("embed.zero_points3d", table.zero_points[..., None])],
+        scales3d, zp3d = table_gather_inputs(g, table)
+        x = g.op("GatherBlockQuantized", [g.init("embed.qweight", table.packed()), ids, scales3d, zp3d],
                  domain=MS, gather_axis=0, quantize_axis=2, block_size=table.block_size, bits=8)
         x = g.op("Reshape", [x, g.init("shape/hidden", np.array([0, 0, H], np.int64))])
     else:
