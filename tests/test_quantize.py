@@ -90,13 +90,13 @@ def test_stored_gguf_factors_give_the_blocks_exactly(type_name):
     import gguf
     from gguf.quants import dequantize
 
-    from slm.export.quantize import _fold
+    from slm.export.quantize import fold_factors
 
     raw = _random_gguf_blocks(type_name, 24, 512, seed=3)
     deq = dequantize(raw, gguf.GGMLQuantizationType[type_name]).reshape(24, 512).astype(np.float32)
     w = from_gguf(raw, type_name, deq)
     assert w.stored is not None
-    folded = _fold(w.stored.scale_coarse, w.stored.scale_fine)
+    folded = fold_factors(w.stored.scale_coarse, w.stored.scale_fine)
     flat = folded == 0                  # the carry stores 1.0 there (its codes are 0); both read 0 or the offset
     assert flat.any() and np.array_equal(folded[~flat], w.scales[~flat]) and np.all(w.scales[flat] == 1)
     assert np.abs(w.dequantize() - deq).max() <= 1e-6 * np.abs(deq).max()
@@ -106,7 +106,8 @@ def test_stored_gguf_factors_give_the_blocks_exactly(type_name):
     assert np.abs(y - plain).max() <= 1e-5 * np.abs(ref).max()
     stored_bytes, plain_bytes = _init_bytes(w), _init_bytes(NBitsWeight(w.q, w.scales, w.zero_points, w.bits, w.block_size))
     codes = w.q.size * w.bits / 8
-    assert stored_bytes - codes <= 0.55 * (plain_bytes - codes), (stored_bytes, plain_bytes, codes)
+    # the scales shrink to the file's factors; Q4_1/Q4_K's side path of block offsets stays float32
+    assert stored_bytes - codes <= (0.8 if type_name in ("Q4_1", "Q4_K") else 0.55) * (plain_bytes - codes)
 
 
 def _init_bytes(w: NBitsWeight) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from slm.export.quantize import NBitsWeight, concat_rows, quantize_rtn, quantize_symmetric
+from slm.export.quantize import fold_factors, NBitsWeight, concat_rows, quantize_rtn, quantize_symmetric
 from slm.core.package import Dimensions, GraphIO
 
 OPSET = 21
@@ -143,42 +143,43 @@ def _stored(w: NBitsWeight):
     return st
 
 
-def _folded(g: Graph, name: str, coarse: np.ndarray, fine: np.ndarray | None, row: np.ndarray | None) -> str:
-    """(N, blocks) float = coarse * fine [* row], from the stored factors: constants only, so ONNX
-    Runtime folds them once at load; exact in float32 (BlockScales)."""
+def _folded(g: Graph, name: str, coarse: np.ndarray, fine: np.ndarray | None, row: np.ndarray | None,
+            trailing_one: bool = False) -> str:
+    """(N, blocks) float = coarse * fine [* row] from the stored factors, in one node over constants
+    (ONNX Runtime folds it once at load, and keeps every folded intermediate until it is done, so one
+    node is one float32 copy): DequantizeLinear of the integer `fine` with the float32 `coarse` per
+    super-block, or a Cast of an fp16 `coarse`. A row scale goes into the float32 coarse factor.
+    `trailing_one`: shaped (N, blocks, 1), as the gathers read it. Exact in float32 (BlockScales)."""
     n, s = coarse.shape
-    out = g.op("Cast", [g.init(f"{name}_coarse", coarse, keep_dtype=True)], to=g.float_type)
+    tail = (1,) if trailing_one else ()
+    name += "3d" if trailing_one else ""
     if fine is not None:
-        per = fine.shape[1] // s
-        f = g.op("Cast", [g.init(f"{name}_fine", fine.reshape(n, s, per), keep_dtype=True)], to=g.float_type)
-        out = g.op("Mul", [g.op("Unsqueeze", [out, g.init("axes/-1", np.array([-1], np.int64))]), f])
-        out = g.op("Reshape", [out, g.init(f"shape/{n}x{s * per}", np.array([n, s * per], np.int64))])
-    if row is not None:
-        out = g.op("Mul", [out, g.init(f"{name.rsplit('.', 1)[0]}.row_scale", row[:, None])])
-    return out
+        c = coarse.astype(np.float32) if row is None else (coarse.astype(np.float32) * row[:, None]).astype(np.float32)
+        return g.op("DequantizeLinear", [g.init(f"{name}_fine", fine.reshape(n, -1, *tail), keep_dtype=True),
+                                         g.init(f"{name}_coarse", c.reshape(n, s, *tail))],
+                    axis=1, block_size=fine.shape[1] // s)
+    if row is not None:       # one block a super-block, rows scaled: the float32 scales themselves
+        return g.init(f"{name}_rows", (coarse.astype(np.float32) * row[:, None]).astype(np.float32).reshape(n, s, *tail))
+    return g.op("Cast", [g.init(f"{name}_coarse", coarse.reshape(n, s, *tail), keep_dtype=True)], to=g.float_type)
 
 
-def block_scales(g: Graph, name: str, w: NBitsWeight) -> str:
-    """w's scales (N, K/bs), from the stored GGUF factors when there are some."""
-    st = _stored(w)
-    if st is None:
-        return g.init(f"{name}.scales2d", w.scales)
-    return _folded(g, f"{name}.scale", st.scale_coarse, st.scale_fine, st.row_scale)
+def block_scales(g: Graph, name: str, w: NBitsWeight, trailing_one: bool = False) -> str:
+    """w's scales (N, K/bs [, 1]), from the stored GGUF factors (_folded)."""
+    st = w.stored
+    return _folded(g, f"{name}.scale", st.scale_coarse, st.scale_fine, st.row_scale, trailing_one)
 
 
-def block_offsets(g: Graph, name: str, w: NBitsWeight) -> str:
-    """w's float offsets (N, K/bs), w = scale * code + offset, from the stored GGUF factors when there are some."""
-    st = _stored(w)
-    if st is None:
-        return g.init(f"{name}.offsets2d", (-w.zero_points.astype(np.float32) * w.scales).astype(np.float32))
-    return _folded(g, f"{name}.offset", st.offset_coarse, st.offset_fine, st.row_scale)
+def block_offsets(g: Graph, name: str, w: NBitsWeight, trailing_one: bool = False) -> str:
+    """w's float offsets (N, K/bs [, 1]), w = scale * code + offset, from the stored GGUF factors."""
+    st = w.stored
+    return _folded(g, f"{name}.offset", st.offset_coarse, st.offset_fine, st.row_scale, trailing_one)
 
 
 def scales_input(g: Graph, name: str, w: NBitsWeight) -> str:
-    """MatMulNBits' scales input (N * K/bs): float32 as is, or folded from the stored GGUF factors."""
+    """MatMulNBits' scales input: float32 (N * K/bs) as is, or (N, K/bs) folded from the stored GGUF factors."""
     if _stored(w) is None:
         return g.init(f"{name}.scales", w.scales.reshape(-1))
-    return g.op("Reshape", [block_scales(g, name, w), g.init("shape/flat", np.array([-1], np.int64))])
+    return block_scales(g, name, w)
 
 
 def zero_points_input(g: Graph, name: str, w: NBitsWeight) -> str:
@@ -265,17 +266,16 @@ def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, a
     exact in real arithmetic; ONNX Runtime's CPU kernel for float zero points is ~20x slower.
     """
     n, k = w.shape
-    if _stored(w) is None:
-        side = np.ascontiguousarray((w.scales * (8.0 - w.zero_points)).T)          # (K/bs, N)
-        if outliers is not None:
-            side = np.concatenate([side, outlier_columns(w, outliers)])
-        side = g.init(f"{name}.block_offsets", side)
-    else:       # o = 8 s + offset from the stored factors, folded at load
-        scale = block_scales(g, name, w)
-        side = g.op("Transpose", [g.op("Add", [g.op("Mul", [scale, g.init("eight", np.array(8.0, np.float32))]),
-                                               block_offsets(g, name, w)])], perm=[1, 0])
-        if outliers is not None:
-            side = g.op("Concat", [side, g.init(f"{name}.outlier_weight", outlier_columns(w, outliers))], axis=0)
+    st = _stored(w)
+    if st is None:
+        side = w.scales * (8.0 - w.zero_points)
+    else:       # o = 8 s + offset from the GGUF's own factors: one rounding of the exact value
+        row = 1.0 if st.row_scale is None else st.row_scale[:, None]
+        side = (8.0 * fold_factors(st.scale_coarse, st.scale_fine) + fold_factors(st.offset_coarse, st.offset_fine)) * row
+    side = np.ascontiguousarray(side.astype(np.float32).T)                     # (K/bs, N)
+    if outliers is not None:
+        side = np.concatenate([side, outlier_columns(w, outliers)])
+    side = g.init(f"{name}.block_offsets", side)
     ins = [x, g.init(f"{name}.qweight", w.packed()), scales_input(g, name, w)]
     if bias is not None:
         ins += ["", "", g.init(f"{name}.bias", bias)]
@@ -331,8 +331,8 @@ def gather_4bit_rows(g: Graph, table: NBitsWeight, ids: str) -> str:
         scales = g.init("embed.row_scales", table.scales[..., None])
         offsets = g.init("embed.row_offsets", (-table.zero_points.astype(np.float32) * table.scales)[..., None].astype(np.float32))
     else:
-        scales = g.op("Unsqueeze", [block_scales(g, "embed", table), "axes/-1"])
-        offsets = g.op("Unsqueeze", [block_offsets(g, "embed", table), "axes/-1"])
+        scales = block_scales(g, "embed", table, trailing_one=True)
+        offsets = block_offsets(g, "embed", table, trailing_one=True)
     scale = g.op("Gather", [scales, ids])                                                  # (B, S, H/bs, 1)
     offset = g.op("Gather", [offsets, ids])
     x = g.op("Add", [g.op("Mul", [codes, scale]), offset])
@@ -348,7 +348,7 @@ def table_gather_inputs(g: Graph, table: NBitsWeight) -> tuple[str, str]:
                 g.init("embed.zero_points3d", table.zero_points[..., None]))
     if "embed.scales3d" in g.made:
         return g.made["embed.scales3d"], g.made["embed.zero_points3d"]
-    scales3d = g.op("Unsqueeze", [block_scales(g, "embed", table), g.init("axes/-1", np.array([-1], np.int64))])
+    scales3d = block_scales(g, "embed", table, trailing_one=True)
     size = table.zero_points.size
     zp = zero_points_input(g, "embed", table) or g.op("Expand", [g.init("zero_point/128", np.array([128], np.uint8)),
                                                                  g.init(f"shape/{size}", np.array([size], np.int64))])

@@ -286,7 +286,7 @@ FACTORS = {"Q4_0": _factors_d, "Q4_1": _factors_q4_1, "Q5_0": _factors_d, "Q8_0"
            "Q4_K": _factors_k4, "Q6_K": _factors_q6_k}
 
 
-def _fold(coarse: np.ndarray, fine: np.ndarray | None) -> np.ndarray:
+def fold_factors(coarse: np.ndarray, fine: np.ndarray | None) -> np.ndarray:
     """float32 (N, blocks) from the stored factors, as the graph computes it."""
     c = coarse.astype(np.float32)
     if fine is None:
@@ -342,7 +342,7 @@ def from_gguf(raw: np.ndarray, type_name: str, dequantized: np.ndarray) -> NBits
     rows = lambda a: None if a is None else a.reshape(n, -1)
     stored = BlockScales(rows(sc), rows(sf), rows(oc), rows(of))
     # the factors must give the blocks' own scales and offsets exactly, or they are not stored
-    if not (np.array_equal(_fold(stored.scale_coarse, stored.scale_fine), scale) and
-            (stored.offset_coarse is None or np.array_equal(_fold(stored.offset_coarse, stored.offset_fine), offset))):
+    if not (np.array_equal(fold_factors(stored.scale_coarse, stored.scale_fine), scale) and
+            (stored.offset_coarse is None or np.array_equal(fold_factors(stored.offset_coarse, stored.offset_fine), offset))):
         stored = None
     return NBitsWeight(codes.astype(np.uint8).reshape(n, k), safe, zp, bits, sub, f"gguf:{type_name}", stored)
