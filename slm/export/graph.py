@@ -158,9 +158,10 @@ def _folded(g: Graph, name: str, coarse: np.ndarray, fine: np.ndarray | None, ro
         return g.op("DequantizeLinear", [g.init(f"{name}_fine", fine.reshape(n, -1, *tail), keep_dtype=True),
                                          g.init(f"{name}_coarse", c.reshape(n, s, *tail))],
                     axis=1, block_size=fine.shape[1] // s)
-    if row is not None:       # one block a super-block, rows scaled: the float32 scales themselves
-        return g.init(f"{name}_rows", (coarse.astype(np.float32) * row[:, None]).astype(np.float32).reshape(n, s, *tail))
-    return g.op("Cast", [g.init(f"{name}_coarse", coarse.reshape(n, s, *tail), keep_dtype=True)], to=g.float_type)
+    out = g.op("Cast", [g.init(f"{name}_coarse", coarse.reshape(n, s, *tail), keep_dtype=True)], to=g.float_type)
+    if row is not None:       # one block a super-block, rows scaled: a second node (a copy of these small scales)
+        out = g.op("Mul", [out, g.init(f"{name}_row", row.reshape(n, 1, *tail).astype(np.float32))])
+    return out
 
 
 def block_scales(g: Graph, name: str, w: NBitsWeight, trailing_one: bool = False) -> str:
