@@ -93,6 +93,10 @@ def systems() -> list[System]:
 
     return [
         slm("slm int4", default_package(), "GGUF Q4_1 blocks carried (embedding Q8_0), accuracy_level 4", "gguf:4"),
+        # the same GGUF exported by session 7's code (commit 8abe89b: float32 scales, no down-projection outliers),
+        # kept for the A/B that says whether this session's package decodes slower; not re-made by --prepare
+        System("slm int4 (session 7)", "slm_engine", "main", str(pk / "bench-gguf-s7"),
+               "as slm int4, exported by commit 8abe89b (`git worktree add … 8abe89b`, then its `slm export`)"),
         slm("slm compact", pk / "bench-compact", "the Q4_1 GGUF re-quantised by `--quant compact`: 4-bit blocks of 64, "
             "integer zero points, importance-weighted fit; tied table at 8 bits; accuracy_level 4", "compact:4"),
         slm("slm int4 topk", pk / "bench-gguf-topk32", "as slm int4, the tied head read at 4 bits and its top 32 logits "
@@ -119,6 +123,8 @@ def systems() -> list[System]:
         # llama.cpp reads the same file, genai builds int4 from the HF folder transformers makes of that GGUF
         slm("slm 1.5B Q4_K_M", QWEN_PACKAGE, "Qwen2.5-Coder-1.5B GGUF Q4_K_M blocks carried, accuracy_level 4",
             "gguf:4", source=str(QWEN_GGUF), family="qwen1.5b"),
+        System("slm 1.5B Q4_K_M (session 7)", "slm_engine", "main", str(pk / "qwen2.5-coder-1.5b-teacher"),
+               "as slm 1.5B Q4_K_M, exported by session 7's code (the distillation teacher's package)", family="qwen1.5b"),
         slm("slm 1.5B compact", pk / "qwen2.5-coder-1.5b-compact", "the Q4_K_M GGUF re-quantised by `--quant compact`: "
             "4-bit blocks of 64, integer zero points, importance-weighted fit, accuracy_level 4", "compact:4",
             source=str(QWEN_GGUF), family="qwen1.5b"),

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from slm.export.quantize import fold_factors, NBitsWeight, concat_rows, quantize_rtn, quantize_symmetric
+from slm.export.quantize import NBitsWeight, concat_rows, quantize_rtn, quantize_symmetric
 from slm.core.package import Dimensions, GraphIO
 
 OPSET = 21
@@ -138,28 +138,20 @@ def _stored(w: NBitsWeight):
     """The GGUF factors the package stores for w's scales (and offsets, where it has float zero
     points), or None when w's float32 scales are stored as they are."""
     st = w.stored
-    if st is None or (w.zero_points.dtype == np.float32 and st.offset_coarse is None):
+    if st is None or (w.zero_points.dtype == np.float32 and st.offset is None):
         return None
     return st
 
 
-def _folded(g: Graph, name: str, coarse: np.ndarray, fine: np.ndarray | None, row: np.ndarray | None,
-            trailing_one: bool = False) -> str:
-    """(N, blocks) float = coarse * fine [* row] from the stored factors, in one node over constants
-    (ONNX Runtime folds it once at load, and keeps every folded intermediate until it is done, so one
-    node is one float32 copy): DequantizeLinear of the integer `fine` with the float32 `coarse` per
-    super-block, or a Cast of an fp16 `coarse`. A row scale goes into the float32 coarse factor.
-    `trailing_one`: shaped (N, blocks, 1), as the gathers read it. Exact in float32 (BlockScales)."""
-    n, s = coarse.shape
+def _folded(g: Graph, name: str, half: np.ndarray, row: np.ndarray | None, trailing_one: bool = False) -> str:
+    """(N, blocks [, 1]) float from the stored fp16 factor [* row]: a Cast over a constant, which ONNX
+    Runtime folds once at load (one node: it keeps every folded intermediate until it is done, so a
+    chain of them costs a copy each). A row scale (scale_rows) is a second, small node."""
+    n, s = half.shape
     tail = (1,) if trailing_one else ()
     name += "3d" if trailing_one else ""
-    if fine is not None:
-        c = coarse.astype(np.float32) if row is None else (coarse.astype(np.float32) * row[:, None]).astype(np.float32)
-        return g.op("DequantizeLinear", [g.init(f"{name}_fine", fine.reshape(n, -1, *tail), keep_dtype=True),
-                                         g.init(f"{name}_coarse", c.reshape(n, s, *tail))],
-                    axis=1, block_size=fine.shape[1] // s)
-    out = g.op("Cast", [g.init(f"{name}_coarse", coarse.reshape(n, s, *tail), keep_dtype=True)], to=g.float_type)
-    if row is not None:       # one block a super-block, rows scaled: a second node (a copy of these small scales)
+    out = g.op("Cast", [g.init(f"{name}_f16", half.reshape(n, s, *tail), keep_dtype=True)], to=g.float_type)
+    if row is not None:
         out = g.op("Mul", [out, g.init(f"{name}_row", row.reshape(n, 1, *tail).astype(np.float32))])
     return out
 
@@ -167,13 +159,13 @@ def _folded(g: Graph, name: str, coarse: np.ndarray, fine: np.ndarray | None, ro
 def block_scales(g: Graph, name: str, w: NBitsWeight, trailing_one: bool = False) -> str:
     """w's scales (N, K/bs [, 1]), from the stored GGUF factors (_folded)."""
     st = w.stored
-    return _folded(g, f"{name}.scale", st.scale_coarse, st.scale_fine, st.row_scale, trailing_one)
+    return _folded(g, f"{name}.scale", st.scale, st.row_scale, trailing_one)
 
 
 def block_offsets(g: Graph, name: str, w: NBitsWeight, trailing_one: bool = False) -> str:
     """w's float offsets (N, K/bs [, 1]), w = scale * code + offset, from the stored GGUF factors."""
     st = w.stored
-    return _folded(g, f"{name}.offset", st.offset_coarse, st.offset_fine, st.row_scale, trailing_one)
+    return _folded(g, f"{name}.offset", st.offset, st.row_scale, trailing_one)
 
 
 def scales_input(g: Graph, name: str, w: NBitsWeight) -> str:
@@ -272,7 +264,7 @@ def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, a
         side = w.scales * (8.0 - w.zero_points)
     else:       # o = 8 s + offset from the GGUF's own factors: one rounding of the exact value
         row = 1.0 if st.row_scale is None else st.row_scale[:, None]
-        side = (8.0 * fold_factors(st.scale_coarse, st.scale_fine) + fold_factors(st.offset_coarse, st.offset_fine)) * row
+        side = (8.0 * st.scale.astype(np.float32) + st.offset.astype(np.float32)) * row
     side = np.ascontiguousarray(side.astype(np.float32).T)                     # (K/bs, N)
     if outliers is not None:
         side = np.concatenate([side, outlier_columns(w, outliers)])

@@ -19,45 +19,33 @@ import numpy as np
 
 @dataclass(frozen=True)
 class BlockScales:
-    """A GGUF block's scales as the file stores them: per block, `coarse` (float16, one per super-block
-    of `per` blocks) times `fine` (a small integer per block; None when a super-block is one block),
-    and the same for the float offsets of Q4_1/Q4_K (w = scale * code + offset; None: integer zero
-    points). Exact in float32 (an fp16 times a 6- or 8-bit integer has at most 19 significant bits).
-    The package stores these factors and the graph multiplies them back (ONNX Runtime folds the
-    constants at load), so the file holds what the GGUF holds instead of a float32 per block."""
-    scale_coarse: np.ndarray              # float16 (N, S)
-    scale_fine: np.ndarray | None         # int8/uint8 (N, S * per), or None
-    offset_coarse: np.ndarray | None      # float16 (N, S), or None (integer zero points)
-    offset_fine: np.ndarray | None        # uint8 (N, S * per), or None
+    """A GGUF block's scale (and Q4_1's offset, w = scale * code + offset) as the file stores it: one
+    float16 each. The package stores these and the graph casts them back to float32 (exact), which
+    ONNX Runtime folds once at load, so the file holds 16 bits a block instead of 32."""
+    scale: np.ndarray                     # float16 (N, K // block_size)
+    offset: np.ndarray | None             # float16 (N, K // block_size), or None (integer zero points)
     row_scale: np.ndarray | None = None   # float32 (N,): output rows scaled after (slm.export.graph.scale_rows)
 
     def take_rows(self, rows: np.ndarray) -> "BlockScales":
         pick = lambda a: None if a is None else a[rows]
-        return BlockScales(self.scale_coarse[rows], pick(self.scale_fine), pick(self.offset_coarse),
-                           pick(self.offset_fine), pick(self.row_scale))
+        return BlockScales(self.scale[rows], pick(self.offset), pick(self.row_scale))
 
     def with_row_scale(self, rows: np.ndarray, alpha: np.ndarray) -> "BlockScales":
-        row = np.ones(self.scale_coarse.shape[0], np.float32) if self.row_scale is None else self.row_scale.copy()
+        row = np.ones(self.scale.shape[0], np.float32) if self.row_scale is None else self.row_scale.copy()
         row[rows] *= alpha
-        return BlockScales(self.scale_coarse, self.scale_fine, self.offset_coarse, self.offset_fine, row)
+        return BlockScales(self.scale, self.offset, row)
 
 
 def concat_block_scales(parts: list["BlockScales | None"]) -> "BlockScales | None":
     """Stacked along N when every part has the same structure, else None (float32 scales then)."""
-    if any(p is None for p in parts):
+    if any(p is None for p in parts) or any((p.offset is None) != (parts[0].offset is None) for p in parts):
         return None
-    first = parts[0]
-    fields = ("scale_fine", "offset_coarse", "offset_fine")
-    if any((getattr(p, f) is None) != (getattr(first, f) is None) for p in parts for f in fields) or \
-            any(p.scale_coarse.shape[1] != first.scale_coarse.shape[1] for p in parts):
-        return None
-    cat = lambda f: None if getattr(first, f) is None else np.concatenate([getattr(p, f) for p in parts])
     rows = None
     if any(p.row_scale is not None for p in parts):
-        rows = np.concatenate([np.ones(p.scale_coarse.shape[0], np.float32) if p.row_scale is None else p.row_scale
+        rows = np.concatenate([np.ones(p.scale.shape[0], np.float32) if p.row_scale is None else p.row_scale
                                for p in parts])
-    return BlockScales(np.concatenate([p.scale_coarse for p in parts]), cat("scale_fine"), cat("offset_coarse"),
-                       cat("offset_fine"), rows)
+    return BlockScales(np.concatenate([p.scale for p in parts]),
+                       None if parts[0].offset is None else np.concatenate([p.offset for p in parts]), rows)
 
 
 @dataclass(frozen=True)
@@ -266,33 +254,19 @@ def _f16_raw(raw: np.ndarray, at: int) -> np.ndarray:
 
 
 def _factors_d(raw):                       # Q4_0, Q5_0, Q8_0: scale d, integer zero point
-    return _f16_raw(raw, 0), None, None, None
+    return _f16_raw(raw, 0), None
 
 
 def _factors_q4_1(raw):                    # scale d, offset m
-    return _f16_raw(raw, 0), None, _f16_raw(raw, 2), None
+    return _f16_raw(raw, 0), _f16_raw(raw, 2)
 
 
-def _factors_k4(raw):                      # scale d * sc, offset -dmin * m, per sub-block of 32
-    sc, mn = _q4_k_scale_min(raw)
-    return _f16_raw(raw, 0), sc.astype(np.uint8), -_f16_raw(raw, 2), mn.astype(np.uint8)
-
-
-def _factors_q6_k(raw):                    # scale d * s (int8), per sub-block of 16; zero point 32
-    return _f16_raw(raw, 208), raw[:, 192:208].copy().view(np.int8), None, None
-
-
-FACTORS = {"Q4_0": _factors_d, "Q4_1": _factors_q4_1, "Q5_0": _factors_d, "Q8_0": _factors_d,
-           "Q4_K": _factors_k4, "Q6_K": _factors_q6_k}
-
-
-def fold_factors(coarse: np.ndarray, fine: np.ndarray | None) -> np.ndarray:
-    """float32 (N, blocks) from the stored factors, as the graph computes it."""
-    c = coarse.astype(np.float32)
-    if fine is None:
-        return c
-    per = fine.shape[1] // coarse.shape[1]
-    return (c[:, :, None] * fine.reshape(c.shape[0], c.shape[1], per).astype(np.float32)).reshape(c.shape[0], -1)
+# The types whose factors the package stores: one fp16 scale (and offset) per block, a Cast that ONNX
+# Runtime folds at load. The K-quants' d x integer sub-block scales would fold by DequantizeLinear, which
+# ONNX Runtime's constant folding leaves in the graph by default (it keeps QDQ pairs for its quantisation
+# fusions): MatMulNBits then read unfolded scales and the 1.5B package's perplexity went to +288,640%
+# (docs/BENCHMARKS.md). Q4_K and Q6_K keep float32 scales.
+FACTORS = {"Q4_0": _factors_d, "Q4_1": _factors_q4_1, "Q5_0": _factors_d, "Q8_0": _factors_d}
 
 
 # type name: (block bytes, values per block, code bits, sub-block size, scale reader)
@@ -338,11 +312,12 @@ def from_gguf(raw: np.ndarray, type_name: str, dequantized: np.ndarray) -> NBits
     else:       # a block of zero scale holds its offset: codes 8, zero point 8 - offset (8 for Q4_0: symmetric)
         codes = np.where(flat[..., None], 8, codes)
         zp = np.where(flat, 8 - offset, zp).astype(np.float32)
-    sc, sf, oc, of = FACTORS[type_name](blocks)
-    rows = lambda a: None if a is None else a.reshape(n, -1)
-    stored = BlockScales(rows(sc), rows(sf), rows(oc), rows(of))
-    # the factors must give the blocks' own scales and offsets exactly, or they are not stored
-    if not (np.array_equal(fold_factors(stored.scale_coarse, stored.scale_fine), scale) and
-            (stored.offset_coarse is None or np.array_equal(fold_factors(stored.offset_coarse, stored.offset_fine), offset))):
-        stored = None
+    stored = None
+    if type_name in FACTORS:
+        sc, oc = FACTORS[type_name](blocks)
+        stored = BlockScales(sc.reshape(n, -1), None if oc is None else oc.reshape(n, -1))
+        # the factors must give the blocks' own scales and offsets exactly, or they are not stored
+        if not (np.array_equal(stored.scale.astype(np.float32), scale) and
+                (stored.offset is None or np.array_equal(stored.offset.astype(np.float32), offset))):
+            stored = None
     return NBitsWeight(codes.astype(np.uint8).reshape(n, k), safe, zp, bits, sub, f"gguf:{type_name}", stored)
