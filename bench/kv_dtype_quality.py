@@ -2,6 +2,7 @@
 error, and decode speed, in one run.
 
     python bench/kv_dtype_quality.py PACKAGE [--windows 2 --window 2048] [--contexts 512 2048] [--threads 2]
+        [--scales absmax mse own]       # a big model: --windows 1 --window 1024 --scales export --contexts
 
 Quality: held-out Tiny Shakespeare (the end of the file, as bench/quality.py; not the export's
 calibration text) in windows of --window tokens, fed 256 tokens a call with logits for every
@@ -132,6 +133,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32, help="decode steps timed per (dtype, context, round)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--scales", nargs="*", choices=["absmax", "mse", "own", "export"], default=["absmax", "mse", "own"],
+                    help="scale sources of each quantized row; export: the package's own scales file")
     a = ap.parse_args()
 
     import onnxruntime as ort
@@ -147,9 +150,9 @@ def main() -> None:
     own = text_scales([s[2] for s in scored["fp32"]], ref.manifest.dims)
     ref_greedy = [greedy(ref, p, a.new_tokens) for p in CHAT]
     rows = []
-    calibration = calibration_samples(ref, a.package)
+    calibration = calibration_samples(ref, a.package) if set(a.scales) & {"absmax", "mse"} else None
     configs = [(d, None) for d in a.dtypes if d not in QMAX and d != "fp32"]
-    configs += [(d, sc) for d in a.dtypes if d in QMAX for sc in ("absmax", "mse", "own")]
+    configs += [(d, sc) for d in a.dtypes if d in QMAX for sc in a.scales]
     ref_nll = np.concatenate([s[0] for s in scored["fp32"]])
     ref_top = np.concatenate([s[1] for s in scored["fp32"]])
     rows.append(("fp32", "", math.exp(ref_nll.mean()), 1.0, [a.new_tokens] * len(CHAT), ref.new_cache(a.window).nbytes))
@@ -157,14 +160,14 @@ def main() -> None:
         engine = engines[d]
         if scales == "own":
             engine.kv_scales = tuple((np.maximum(r, 1e-6) / QMAX[d]).astype(np.float32) for r in own)
-        elif scales:
+        elif scales and scales != "export":
             engine.kv_scales = tuple((np.maximum(r, 1e-6) / QMAX[d]).astype(np.float32)
                                      for r in kv_ranges(*calibration, QMAX[d], scales))
         res = [score_window(engine, w) for w in windows]
         nll, top = np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res])
         agree = [prefix(greedy(engine, p, a.new_tokens), r) for p, r in zip(CHAT, ref_greedy)]
         rows.append((d, {"own": "this text's own (absmax)", "absmax": "calibration text, absmax",
-                         "mse": "calibration text, mse", None: ""}[scales],
+                         "mse": "calibration text, mse", "export": "the package's", None: ""}[scales],
                      math.exp(nll.mean()), float((top == ref_top).mean()), agree, engine.new_cache(a.window).nbytes))
     base = rows[0][2]
     print(f"| KV cache | scales | perplexity | vs fp32 | top-1 agreement (teacher-forced) | greedy tokens matching fp32 "
@@ -177,10 +180,13 @@ def main() -> None:
     print("| KV cache | RMS error / RMS key | RMS error in code steps |\n|---|---:|---:|")
     for d in a.dtypes:
         if d in QMAX:
-            scales = tuple(np.maximum(r, 1e-6) / QMAX[d] for r in kv_ranges(*calibration, QMAX[d], CLIP[d]))
+            scales = engines[d].kv_scales if calibration is None else \
+                tuple(np.maximum(r, 1e-6) / QMAX[d] for r in kv_ranges(*calibration, QMAX[d], CLIP[d]))
             rel, steps = reposition_error(scored["fp32"][0][2], scales, d, ref.manifest.rope)
             print(f"| {d} | {rel:.4f} | {steps:.3f} |")
     del engines, scored
+    if not a.contexts:
+        return
 
     print(f"\nDecode tokens/s after the context (median of {a.rounds} rounds, {a.steps} steps each, dtypes interleaved):\n")
     print("| context | " + " | ".join(a.dtypes) + " | " + " | ".join(f"{d} / fp32" for d in a.dtypes if d != "fp32")
