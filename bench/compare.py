@@ -357,6 +357,8 @@ def main() -> None:
     for name, why in skipped.items():
         print(f"skip {name}: {why}", file=sys.stderr)
     chosen = [s for s in chosen if s.name not in skipped]
+    if not chosen:
+        raise SystemExit("every system asked for was skipped (above); nothing to measure")
     before = machine()
     rows = measure(chosen, args.prompt_lens, args.new_tokens, args.threads, args.repeats)
     after = machine()
