@@ -87,8 +87,9 @@ def systems() -> list[System]:
     b, pk, gguf = bench_dir(), cache_dir(), str(default_gguf())
     hf = str(b / "smollm2-135m-instruct-hf")
 
-    def slm(name, folder, weights, variant, source=gguf, head_topk=0, family="smollm2", **options):
-        prepare = {"model": source, "variant": variant, **({"head_topk": head_topk} if head_topk else {})}
+    def slm(name, folder, weights, variant, source=gguf, head_topk=0, family="smollm2", max_positions=0, **options):
+        prepare = {"model": source, "variant": variant, **({"head_topk": head_topk} if head_topk else {}),
+                   **({"max_positions": max_positions} if max_positions else {})}
         return System(name, "slm_engine", "main", str(folder), weights, prepare, options, family)
 
     return [
@@ -107,6 +108,13 @@ def systems() -> list[System]:
         System("genai int4", "genai", "genai", str(b / "genai-int4"), "its builder: -p int4 -e cpu", {"model": hf, "variant": "int4"}),
         System("genai fp32", "genai", "genai", str(b / "genai-fp32"), "its builder: -p fp32 -e cpu", {"model": hf, "variant": "fp32"}),
         System("llama.cpp Q4_1", "llamacpp", "llamacpp", gguf, "the shipped GGUF (Q4_1, embedding Q8_0)"),
+        # the KV cache's own dtype (docs/LONGCTX.md, "A quantized KV cache"): slm's --kv-dtype on a package whose
+        # rotary table holds 8,192 prompt tokens + the new ones (the default package's stops at 8,192), against
+        # llama.cpp's type_k/type_v (GGML f16, q8_0, q4_0; a quantized V cache needs flash attention)
+        *(slm(f"slm int4 kv-{d}", pk / "bench-gguf-16k", f"as slm int4, rotary table 16,384 (export --max-positions "
+              f"16384), KV cache {d}", "gguf:4", max_positions=16384, kv_dtype=d) for d in ("fp32", "fp16", "int8", "int4")),
+        *(System(f"llama.cpp Q4_1 {t} KV", "llamacpp", "llamacpp", gguf, f"the shipped GGUF; type_k = type_v = GGML {t}, "
+                 "flash_attn=True", options={"kv_type": t, "flash_attn": True}) for t in ("f16", "q8_0", "q4_0")),
         System("llama.cpp Q4_0", "llamacpp", "llamacpp", str(b / "smollm2-135m-instruct-Q4_0.gguf"),
                "Q4_0 requantised from the Q4_1 GGUF by llama.cpp", {"model": gguf, "variant": "Q4_0"}),
         System("llama.cpp Q8_0", "llamacpp", "llamacpp", str(b / "smollm2-135m-instruct-Q8_0.gguf"),
@@ -281,7 +289,9 @@ def ratios(summary: list[dict]) -> list[str]:
     pairs = {"slm int4": ("genai int4", "llama.cpp Q4_1", "llama.cpp Q4_0"),
              "slm compact": ("llama.cpp Q4_1", "llama.cpp Q4_0", "genai int4"),
              "slm 1.5B Q4_K_M": ("llama.cpp 1.5B Q4_K_M", "genai int4 1.5B"),
-             "slm 1.5B compact": ("llama.cpp 1.5B Q4_K_M", "genai int4 1.5B")}
+             "slm 1.5B compact": ("llama.cpp 1.5B Q4_K_M", "genai int4 1.5B"),
+             **{f"slm int4 kv-{d}": ("llama.cpp Q4_1", "llama.cpp Q4_1 f16 KV", "llama.cpp Q4_1 q8_0 KV",
+                                     "llama.cpp Q4_1 q4_0 KV") for d in ("fp32", "fp16", "int8", "int4")}}
     for n in sorted({e["prompt_len"] for e in summary}):
         for mine, peers in pairs.items():
             me = med.get((mine, n))
@@ -353,6 +363,8 @@ def main() -> None:
     for name, why in skipped.items():
         print(f"skip {name}: {why}", file=sys.stderr)
     chosen = [s for s in chosen if s.name not in skipped]
+    if not chosen:
+        raise SystemExit("every system asked for was skipped (above); nothing to measure")
     before = machine()
     rows = measure(chosen, args.prompt_lens, args.new_tokens, args.threads, args.repeats)
     after = machine()

@@ -2,14 +2,15 @@
 error, and decode speed, in one run.
 
     python bench/kv_dtype_quality.py PACKAGE [--windows 2 --window 2048] [--contexts 512 2048] [--threads 2]
+        [--scales absmax headroom mse own]   # a big model: --windows 1 --window 1024 --scales export --contexts
 
 Quality: held-out Tiny Shakespeare (the end of the file, as bench/quality.py; not the export's
 calibration text) in windows of --window tokens, fed 256 tokens a call with logits for every
 position: perplexity, and how often the argmax matches the fp32 cache's (teacher-forced top-1
 agreement); then greedy replies to 4 chat prompts, tokens matching fp32 before the first difference.
 Scales of each quantized row: from the export's calibration text (slm/export/kv_calibration.py) by
-absolute maximum or by least squared error ("mse"; what the export uses: absmax at int8, mse at
-int4), or "this text's own": the range of the windows' own keys and values (what a per-prompt,
+absolute maximum, by absolute maximum x HEADROOM ("headroom"), or by least squared error ("mse"; what
+the export uses: absmax at int8, mse at int4), or "this text's own": the range of the windows' own keys and values (what a per-prompt,
 dynamic scale could at best do; the kernel takes fixed scales).
 Re-positioning: the windows' real keys, quantized, moved 1,000 positions back by dequantise - rotate -
 requantise, against rotating the fp32 keys. Speed: decode tokens/s after each context length, every
@@ -27,7 +28,7 @@ import numpy as np
 
 from slm.runtime import Engine  # noqa: E402
 from slm.runtime.kv_quant import dequantize, quantize  # noqa: E402
-from slm.export.kv_calibration import CALIBRATION_CHAT, CALIBRATION_TEXT, kv_ranges, measure_kv  # noqa: E402
+from slm.export.kv_calibration import CALIBRATION_CHAT, CALIBRATION_TEXT, HEADROOM, kv_ranges, measure_kv  # noqa: E402
 
 HAYSTACK = Path(__file__).resolve().parents[1] / "slm/evals/longctx/data/tinyshakespeare/input.txt"
 HELD_OUT_CHARS = 60_000
@@ -35,7 +36,14 @@ CHAT = ["Why is the sky blue?", "Write a haiku about the sea.", "What is the cap
         "Give me three tips for learning to cook."]
 FEED = 256
 QMAX = {"int8": 127, "int4": 7}
-CLIP = {"int8": "absmax", "int4": "mse"}       # what the export uses (export.KV_CLIP)
+CLIP = {"int8": "absmax", "int4": "mse"}       # what the export uses (export.KV_CLIP, KV_HEADROOM 1.0)
+
+
+def calibrated(samples, dtype: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Scales from the calibration samples: absmax, absmax x HEADROOM, or mse (kv_ranges)."""
+    clip, headroom = ("absmax", HEADROOM) if source == "headroom" else (source, 1.0)
+    return tuple((np.maximum(r, 1e-6) / QMAX[dtype]).astype(np.float32)
+                 for r in kv_ranges(*samples, QMAX[dtype], clip, headroom))
 
 
 def score_window(engine: Engine, ids: list[int]) -> tuple[np.ndarray, np.ndarray, object]:
@@ -132,6 +140,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32, help="decode steps timed per (dtype, context, round)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--scales", nargs="*", choices=["absmax", "headroom", "mse", "own", "export"],
+                    default=["absmax", "headroom", "mse", "own"],
+                    help="scale sources of each quantized row; export: the package's own scales file")
     a = ap.parse_args()
 
     import onnxruntime as ort
@@ -147,9 +158,9 @@ def main() -> None:
     own = text_scales([s[2] for s in scored["fp32"]], ref.manifest.dims)
     ref_greedy = [greedy(ref, p, a.new_tokens) for p in CHAT]
     rows = []
-    calibration = calibration_samples(ref, a.package)
+    calibration = calibration_samples(ref, a.package) if set(a.scales) & {"absmax", "headroom", "mse"} else None
     configs = [(d, None) for d in a.dtypes if d not in QMAX and d != "fp32"]
-    configs += [(d, sc) for d in a.dtypes if d in QMAX for sc in ("absmax", "mse", "own")]
+    configs += [(d, sc) for d in a.dtypes if d in QMAX for sc in a.scales]
     ref_nll = np.concatenate([s[0] for s in scored["fp32"]])
     ref_top = np.concatenate([s[1] for s in scored["fp32"]])
     rows.append(("fp32", "", math.exp(ref_nll.mean()), 1.0, [a.new_tokens] * len(CHAT), ref.new_cache(a.window).nbytes))
@@ -157,14 +168,14 @@ def main() -> None:
         engine = engines[d]
         if scales == "own":
             engine.kv_scales = tuple((np.maximum(r, 1e-6) / QMAX[d]).astype(np.float32) for r in own)
-        elif scales:
-            engine.kv_scales = tuple((np.maximum(r, 1e-6) / QMAX[d]).astype(np.float32)
-                                     for r in kv_ranges(*calibration, QMAX[d], scales))
+        elif scales and scales != "export":
+            engine.kv_scales = calibrated(calibration, d, scales)
         res = [score_window(engine, w) for w in windows]
         nll, top = np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res])
         agree = [prefix(greedy(engine, p, a.new_tokens), r) for p, r in zip(CHAT, ref_greedy)]
         rows.append((d, {"own": "this text's own (absmax)", "absmax": "calibration text, absmax",
-                         "mse": "calibration text, mse", None: ""}[scales],
+                         "headroom": f"calibration text, absmax x{HEADROOM}",
+                         "mse": "calibration text, mse", "export": "the package's", None: ""}[scales],
                      math.exp(nll.mean()), float((top == ref_top).mean()), agree, engine.new_cache(a.window).nbytes))
     base = rows[0][2]
     print(f"| KV cache | scales | perplexity | vs fp32 | top-1 agreement (teacher-forced) | greedy tokens matching fp32 "
@@ -177,10 +188,12 @@ def main() -> None:
     print("| KV cache | RMS error / RMS key | RMS error in code steps |\n|---|---:|---:|")
     for d in a.dtypes:
         if d in QMAX:
-            scales = tuple(np.maximum(r, 1e-6) / QMAX[d] for r in kv_ranges(*calibration, QMAX[d], CLIP[d]))
+            scales = engines[d].kv_scales if calibration is None else calibrated(calibration, d, CLIP[d])
             rel, steps = reposition_error(scored["fp32"][0][2], scales, d, ref.manifest.rope)
             print(f"| {d} | {rel:.4f} | {steps:.3f} |")
     del engines, scored
+    if not a.contexts:
+        return
 
     print(f"\nDecode tokens/s after the context (median of {a.rounds} rounds, {a.steps} steps each, dtypes interleaved):\n")
     print("| context | " + " | ".join(a.dtypes) + " | " + " | ".join(f"{d} / fp32" for d in a.dtypes if d != "fp32")

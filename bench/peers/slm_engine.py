@@ -1,6 +1,7 @@
 """slm's own engine on a package folder (main environment).
 
-speed: `Engine.generate` on the prompt as raw text, the KV budget sized to prompt + new tokens.
+speed: `Engine.generate` on the prompt as raw text, the KV budget sized to prompt + new tokens, the
+KV cache at the job's kv_dtype (default the package's).
 quality: `Engine.prefill` / `Engine.decode_step` on token ids (greedy, and one token at a time for NLL).
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ def speed(job: dict) -> dict:
     import onnxruntime
 
     t = time.perf_counter()
-    engine = Engine(job["model"], threads=job["threads"], kv_budget=job["ctx"], lookup=job.get("lookup", 0))
+    engine = Engine(job["model"], threads=job["threads"], kv_budget=job["ctx"], lookup=job.get("lookup", 0),
+                    kv_dtype=job.get("kv_dtype"))
     load_s = time.perf_counter() - t
     prompt = engine.tokenizer.decode(job["ids"], skip_special_tokens=False)
     list(engine.generate("warm up", raw=True, max_tokens=4, cache=engine.new_cache()))
@@ -24,7 +26,7 @@ def speed(job: dict) -> dict:
         clock.token(event.token)
     res = clock.result(event.prompt_tokens)
     return {**res, "load_s": load_s, "version": f"slm + onnxruntime {onnxruntime.__version__}",
-            "quant": engine.manifest.quant.mode, "kv_budget": engine.capacity}
+            "quant": engine.manifest.quant.mode, "kv_budget": engine.capacity, "kv_dtype": engine.kv_dtype}
 
 
 def quality(job: dict) -> dict:
@@ -46,13 +48,14 @@ def quality(job: dict) -> dict:
 
 
 def prepare(job: dict) -> dict:
-    """Export a package: variant is QUANT[:accuracy_level], e.g. "gguf:0", "int4:4", "int8", "fp32"."""
+    """Export a package: variant is QUANT[:accuracy_level], e.g. "gguf:0", "int4:4", "int8", "fp32";
+    max_positions: the rotary table's length (default the exporter's)."""
     from slm.export import build_package
     from slm.core.sources import resolve_source
 
     quant, _, level = job["variant"].partition(":")
     build_package(resolve_source(job["model"]), job["out"], quant=quant, accuracy_level=int(level or 4),
-                  head_topk=job.get("head_topk", 0))
+                  head_topk=job.get("head_topk", 0), max_positions=job.get("max_positions"))
     return {"out": job["out"]}
 
 

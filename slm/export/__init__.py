@@ -34,6 +34,9 @@ DEFAULT_MAX_POSITIONS = 8192
 KV_VARIANTS = ("fp16", "int8", "int4")   # extra KV cache dtypes exported beside the fp32 cache's graphs
 KV_QMAX = {"int8": 127, "int4": 7}
 KV_CLIP = {"int8": "absmax", "int4": "mse"}     # docs/LONGCTX.md, "A quantized KV cache": measured both
+# absmax ranges x this; kv_calibration.HEADROOM (x1.5) helps SmolLM2's int8 cache and hurts
+# Qwen2.5-Coder-1.5B's (docs/LONGCTX.md), so the export keeps the ranges as measured
+KV_HEADROOM = {"int8": 1.0, "int4": 1.0}
 
 
 def _log(msg: str) -> None:
@@ -285,10 +288,12 @@ def _export_kv_variants(out: Path, dtypes: tuple[str, ...], build, saved: dict, 
             del model
         if short in KV_QMAX:
             files["scales_file"] = f"kv_scales.{short}.npz"
-            write_scales(out / files["scales_file"], *kv_ranges(*samples, KV_QMAX[short], KV_CLIP[short]), KV_QMAX[short])
+            ranges = kv_ranges(*samples, KV_QMAX[short], KV_CLIP[short], KV_HEADROOM[short])
+            write_scales(out / files["scales_file"], *ranges, KV_QMAX[short])
             files.update(quant_type="PER_CHANNEL", k_scale=names["k_scale"], v_scale=names["v_scale"],
-                         calibration=f"slm/export/kv_calibration.py ({KV_CLIP[short]}): rotation-invariant key range and "
-                                     f"value range per layer, KV head and channel, / {KV_QMAX[short]}")
+                         calibration=f"slm/export/kv_calibration.py ({KV_CLIP[short]}, headroom x{KV_HEADROOM[short]}): "
+                                     f"rotation-invariant key range and value range per layer, KV head and channel, "
+                                     f"/ {KV_QMAX[short]}")
         variants.append(KVVariant(dtype=dtype, **files))
     return variants
 
