@@ -65,6 +65,22 @@ def tiny_package(tmp_path_factory, smollm2_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_namm_package(tiny_package, tmp_path_factory) -> Path:
+    """The tiny package with a (random) NAMM scorer installed, so the namm policy runs."""
+    import shutil
+
+    import numpy as np
+
+    from slm.evolve.cli import install
+    from slm.runtime.eviction.namm import BackwardAttentionMemory
+
+    pkg = tmp_path_factory.mktemp("pkg") / "tiny-namm"
+    shutil.copytree(tiny_package, pkg)
+    install(pkg, np.random.default_rng(3).normal(0, 0.5, BackwardAttentionMemory.size()), {"note": "random test scorer"})
+    return pkg
+
+
+@pytest.fixture(scope="session")
 def default_gguf_package(tmp_path_factory) -> Path:
     """The embedded default model exported as `slm pull` does (GGUF blocks carried, int4)."""
     from slm.export import build_package

@@ -144,26 +144,13 @@ def test_prompt_lookup_under_a_constraint(tiny_package, params, monkeypatch):
         assert runs[4] == runs[0]
 
 
-@pytest.fixture(scope="module")
-def namm_package(tiny_package, tmp_path_factory):
-    """The tiny package with a (random) NAMM scorer installed, so the namm policy runs."""
-    import shutil
-
-    from slm.evolve.cli import install
-    from slm.runtime.eviction.namm import BackwardAttentionMemory
-    pkg = tmp_path_factory.mktemp("pkg") / "tiny-namm"
-    shutil.copytree(tiny_package, pkg)
-    install(pkg, np.random.default_rng(3).normal(0, 0.5, BackwardAttentionMemory.size()), {"note": "random test scorer"})
-    return pkg
-
-
 @pytest.mark.parametrize("kv_dtype", ["fp32", "fp16", "int8", "int4"])
 @pytest.mark.parametrize("policy", ["streaming", "knorm", "h2o", "tova", "snapkv", "namm"])
-def test_constraint_holds_while_the_cache_evicts(tiny_package, namm_package, policy, kv_dtype):
+def test_constraint_holds_while_the_cache_evicts(tiny_package, tiny_namm_package, policy, kv_dtype):
     """Every policy at every KV dtype, the budget overflowing; the policies that allow prompt lookup
     (streaming, knorm) draft as well."""
     budget = 64
-    engine = Engine(namm_package if policy == "namm" else tiny_package, threads=1, kv_policy=policy,
+    engine = Engine(tiny_namm_package if policy == "namm" else tiny_package, threads=1, kv_policy=policy,
                     kv_budget=budget, kv_dtype=kv_dtype, lookup=4 if policy in ("streaming", "knorm") else 0)
     schema = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99}, "minItems": 30,
               "maxItems": 30}

@@ -40,17 +40,6 @@ def gemma_package(tmp_path_factory, smollm2_tokenizer):
     return out
 
 
-@pytest.fixture(scope="module")
-def namm_tiny(tiny_package, tmp_path_factory):
-    from slm.evolve.cli import install
-    from slm.runtime.eviction.namm import BackwardAttentionMemory
-
-    pkg = tmp_path_factory.mktemp("pkg") / "tiny-namm"
-    shutil.copytree(tiny_package, pkg)
-    install(pkg, np.random.default_rng(3).normal(0, 0.5, BackwardAttentionMemory.size()), {"note": "random test scorer"})
-    return pkg
-
-
 def logits_run(package, kv_dtype: str, tokens: list[int] | None = None, steps: int = 8) -> tuple[np.ndarray, list[int]]:
     """The prompt's last logits and `steps` decode steps' (copies: the engine reuses its output
     buffer), fed `tokens` (teacher forcing, so every dtype sees the same context) or its own argmax."""
@@ -136,10 +125,10 @@ def test_bad_or_missing_dtype_is_one_clear_error(tiny_package, tmp_path, smollm2
 
 @pytest.mark.parametrize("kv_dtype", DTYPES)
 @pytest.mark.parametrize("policy", [p for p in POLICIES if p != "none"])
-def test_budget_never_exceeded_for_every_dtype_and_policy(tiny_package, namm_tiny, kv_dtype, policy):
+def test_budget_never_exceeded_for_every_dtype_and_policy(tiny_package, tiny_namm_package, kv_dtype, policy):
     """A scripted chat well past the budget at every dtype: each step within the bytes, buffers fixed."""
     budget = 24 * 1024                  # 48 fp32 tokens, 96 fp16, 188 int8, 376 int4
-    engine = Engine(namm_tiny if policy == "namm" else tiny_package, threads=1, kv_budget="24KiB",
+    engine = Engine(tiny_namm_package if policy == "namm" else tiny_package, threads=1, kv_budget="24KiB",
                     kv_policy=policy, kv_dtype=kv_dtype, evict_chunk=4, keep_recent=4)
     cache = engine.cache
     nbytes, shapes = cache.nbytes, {b.shape for b in cache.keys + cache.values}

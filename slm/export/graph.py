@@ -176,9 +176,9 @@ def scales_input(g: Graph, name: str, w: NBitsWeight) -> str:
 
 
 def zero_points_input(g: Graph, name: str, w: NBitsWeight) -> str:
-    """MatMulNBits' zero points. A GGUF 8-bit container's are one constant (Q8_0 128, Q6_K 32, Q5_0
-    16; a block of zero scale reads 0 whatever its zero point): stored as that one byte, or left out
-    at 128 (the kernel's default)."""
+    """MatMulNBits' zero points. A stored GGUF 8-bit container's are one constant (Q8_0 128, Q5_0 16;
+    a block of zero scale reads 0 whatever its zero point): stored as that one byte, or left out at
+    128 (the kernel's default)."""
     zp = w.zero_points
     if _stored(w) is not None and zp.dtype == np.uint8 and w.bits == 8:
         if np.all(zp == zp.flat[0]):

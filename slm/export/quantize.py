@@ -201,8 +201,12 @@ def quantize_fit(w: np.ndarray, bits: int, block_size: int, importance: np.ndarr
 # For each GGUF type: (bits of the codes, sub-block size, how to read each sub-block's scale and offset
 # so that w = scale * code + offset). Codes then follow from gguf's own dequantisation.
 
+def _f16_raw(raw: np.ndarray, at: int) -> np.ndarray:
+    return raw[:, at:at + 2].copy().view(np.float16)[:, 0]
+
+
 def _f16(raw: np.ndarray, at: int) -> np.ndarray:
-    return raw[:, at:at + 2].copy().view(np.float16)[:, 0].astype(np.float32)
+    return _f16_raw(raw, at).astype(np.float32)
 
 
 def _q4_k_scale_min(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -247,10 +251,6 @@ def _scales_q6_k(raw):
     s = raw[:, 192:208].copy().view(np.int8).astype(np.float32)
     d = _f16(raw, 208)[:, None] * s
     return d, -32 * d
-
-
-def _f16_raw(raw: np.ndarray, at: int) -> np.ndarray:
-    return raw[:, at:at + 2].copy().view(np.float16)[:, 0]
 
 
 def _factors_d(raw):                       # Q4_0, Q5_0, Q8_0: scale d, integer zero point
