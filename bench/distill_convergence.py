@@ -8,7 +8,7 @@ with paired bootstrap 95% intervals (the table of docs/DISTILL.md "Results").
         --teacher-store qwen=/work/jobs/distill/svamp-test-qwen2.5-coder-1.5b.jsonl --plot results/distill/curves.png
 
 `run` makes one cell per arm and seed, each a fresh `python -m slm.distill` process: `untrained` (the
-student as it starts, scored once), `standard` (gold labels only) and `step-by-step:<NAME>` for each
+student as it starts, scored once, `--few-shot` solved train inputs before each prompt), `standard` (gold labels only) and `step-by-step:<NAME>` for each
 `--store NAME=PATH`. Everything after `--` goes to every `distill train` (the plateau settings). Each
 cell's test predictions are written by `distill eval` to `<cell>/test.pred.jsonl`; a cell that has
 them is skipped, and `--save-every` in the train settings makes a killed cell resume.
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace, train_args: list[str]) -> None:
     untrained = out / "untrained"
     if not (untrained / "test.pred.jsonl").is_file():
         untrained.mkdir(parents=True, exist_ok=True)
-        distill("eval", *task, "--model", args.student, *scoring, "--predictions", str(untrained / "test.pred.jsonl"))
+        distill("eval", *task, "--model", args.student, *scoring, "--few-shot", str(args.few_shot),
+                "--predictions", str(untrained / "test.pred.jsonl"))
     for seed in args.seeds:
         for arm, store in arms(dict(s.split("=", 1) for s in args.store)):
             cell = cell_dir(out, arm, seed)
@@ -76,7 +77,7 @@ def table(args: argparse.Namespace) -> None:
     base = out / "untrained" / "test.pred.jsonl"
     if base.is_file():
         c = correctness(base)
-        rows.append(f"| student before training | — | {100 * sum(c.values()) / len(c):.1f}% | — |")
+        rows.append(f"| student before training (few-shot) | — | {100 * sum(c.values()) / len(c):.1f}% | — |")
     for name in ["standard"] + [n for n in names if n != "standard"]:
         seeds = sorted(out.glob(f"{name}-s*/test.pred.jsonl"))
         if not seeds:
@@ -141,6 +142,8 @@ def main() -> None:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     r.add_argument("--store", action="append", default=[], metavar="NAME=PATH", help="a rationale store (train split)")
     r.add_argument("--max-new-tokens", type=int, default=24)
+    r.add_argument("--few-shot", type=int, default=4, help="solved train inputs before each prompt of the untrained "
+                                                          "student (it has never seen the label task's format)")
     r.add_argument("--test-limit", type=int, default=0, help="score the first N test inputs (0: all)")
     t = sub.add_parser("table")
     t.add_argument("--task", required=True)

@@ -83,3 +83,22 @@ def test_student_answers_the_same_through_the_runtime(trained):
     from slm.distill.evaluate import evaluate_checkpoint
     via_engine = evaluate_checkpoint(package, task, "test", limit=4, max_new_tokens=8)
     assert [p.output for p in via_engine.predictions] == expected
+    # few-shot (the untrained student's row of the table): solved train inputs before each prompt, the first
+    # line scored; the same through the Engine as through PyTorch
+    from slm.distill.evaluate import few_shot_prefix, first_line
+    shots = task.load("train")[:2]
+    prefix = few_shot_prefix(shots)
+    assert prefix == "".join(f"predict: {s.input}\n{s.label}\n\n" for s in shots)
+    raw = generate_answers(model, tokenizer, [e.input for e in examples], max_new_tokens=8, prefix=prefix)
+    assert raw != expected                                   # the shots reach the model
+    torch_shot = evaluate_checkpoint(out, task, "test", limit=4, max_new_tokens=8, few_shot=2)
+    engine_shot = evaluate_checkpoint(package, task, "test", limit=4, max_new_tokens=8, few_shot=2)
+    assert [p.output for p in torch_shot.predictions] == [first_line(o) for o in raw]
+    assert [p.output for p in engine_shot.predictions] == [p.output for p in torch_shot.predictions]
+
+
+def test_few_shot_answer_is_its_first_line():
+    from slm.distill.evaluate import first_line
+    assert first_line("( 3.0 + 4.0 )\n\npredict: Tom has") == "( 3.0 + 4.0 )"
+    assert first_line("\n( 3.0 + 4.0 )\npredict:") == "( 3.0 + 4.0 )"
+    assert first_line("") == "" and first_line("42") == "42"

@@ -34,13 +34,16 @@ def slm(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def teacher_url(default_gguf_package):
-    """`slm serve` as a user starts it, on a free loopback port; the URL from its first line."""
-    proc = subprocess.Popen(SLM + ["serve", "--model", str(default_gguf_package), "--port", "0", "--threads", "1"],
+    """`slm serve` as a user starts it, on a free loopback port, under a name of its own (clients asking for
+    any other model get 404); the URL from its first line."""
+    proc = subprocess.Popen(SLM + ["serve", "--model", str(default_gguf_package), "--port", "0", "--threads", "1",
+                                   "--served-model-name", "domain-teacher"],
                             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         for line in proc.stdout:
             if "serving" in line:
-                yield line.split(" at ")[1].split()[0], default_gguf_package.name
+                assert "'domain-teacher'" in line, line
+                yield line.split(" at ")[1].split()[0], "domain-teacher"
                 break
         else:
             pytest.fail(f"slm serve exited with {proc.wait()} before serving")

@@ -184,6 +184,8 @@ def register_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None)
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting beyond this get 429")
     p.add_argument("--max-concurrent", type=int, default=2, help="requests generating at once")
+    p.add_argument("--served-model-name", default=None, metavar="NAME",
+                   help="the model id clients ask for (default: the package folder's name)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -191,7 +193,7 @@ def cmd_serve(args) -> None:
     from slm.runtime.serve import serve
     engine = open_engine(args)
     serve(engine, host=args.host, port=args.port, api_key=args.api_key, max_queue=args.max_queue,
-          max_concurrent=args.max_concurrent)
+          max_concurrent=args.max_concurrent, model_id=args.served_model_name)
 
 
 def register_eval(p: argparse.ArgumentParser) -> None:

@@ -90,6 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--limit", type=int)
     e.add_argument("--max-new-tokens", type=int, default=32)
     e.add_argument("--predictions", help="write each prediction to this JSONL file")
+    e.add_argument("--few-shot", type=int, default=0, metavar="K",
+                   help="put the first K train inputs, solved, before each prompt and score the first line of each "
+                        "answer (how a student that was never trained is scored)")
     e.set_defaults(func=_eval)
 
 
@@ -190,7 +193,8 @@ def _eval(args: argparse.Namespace) -> int:
     from slm.distill.tasks import get_task
 
     result = evaluate_checkpoint(args.model, get_task(args.task, args.data), args.split, limit=args.limit,
-                                 max_new_tokens=args.max_new_tokens, predictions_out=args.predictions)
+                                 max_new_tokens=args.max_new_tokens, few_shot=args.few_shot,
+                                 predictions_out=args.predictions)
     print(result.line())
     return 0
 

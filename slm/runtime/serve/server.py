@@ -23,15 +23,16 @@ GRACEFUL_SHUTDOWN_S = 5.0   # on Ctrl-C, answers in progress get this long to fi
 
 
 def serve(engine, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_queue: int = 16,
-          max_concurrent: int = 2, log_level: str = "info") -> None:
-    """Serve `engine` until Ctrl-C. The model id is the package folder's name."""
-    app = create_app(engine, model_id=engine.path.name, api_key=api_key, max_queue=max_queue,
+          max_concurrent: int = 2, model_id: str | None = None, log_level: str = "info") -> None:
+    """Serve `engine` until Ctrl-C, as `model_id` (default: the package folder's name)."""
+    model_id = model_id or engine.path.name
+    app = create_app(engine, model_id=model_id, api_key=api_key, max_queue=max_queue,
                      max_concurrent=max_concurrent)
     sock = bind(host=host, port=port)
     if not is_loopback(host) and api_key is None:
         log.warning("listening on %s without --api-key: anyone who can reach this address can use the model", host)
     shown = f"[{host}]" if ":" in host else host
-    print(f"slm: serving {engine.path.name!r} at http://{shown}:{sock.getsockname()[1]}/v1 "
+    print(f"slm: serving {model_id!r} at http://{shown}:{sock.getsockname()[1]}/v1 "
           f"({max_concurrent} slots, {max_queue} may wait)", flush=True)
     uvicorn.Server(_config(app, log_level=log_level, graceful_shutdown_s=GRACEFUL_SHUTDOWN_S)).run(sockets=[sock])
 
