@@ -28,7 +28,7 @@ import numpy as np
 
 from slm.runtime import Engine  # noqa: E402
 from slm.runtime.kv_quant import dequantize, quantize  # noqa: E402
-from slm.export.kv_calibration import CALIBRATION_CHAT, CALIBRATION_TEXT, HEADROOM, kv_ranges, measure_kv  # noqa: E402
+from slm.export.kv_calibration import HEADROOM, calibration_ids, kv_ranges, measure_kv  # noqa: E402
 
 HAYSTACK = Path(__file__).resolve().parents[1] / "slm/evals/longctx/data/tinyshakespeare/input.txt"
 HELD_OUT_CHARS = 60_000
@@ -122,9 +122,8 @@ def decode_tps(package: str, dtype: str, context: list[int], steps: int, threads
 def calibration_samples(engine: Engine, package: str):
     """The export's calibration text through the package's fp32-cache graph (slm/export/kv_calibration.py)."""
     m = engine.manifest
-    ids = [engine.tokenizer.encode(CALIBRATION_TEXT).ids]
-    if engine.template is not None:
-        ids.append(engine.encode(CALIBRATION_CHAT))
+    ids = calibration_ids(lambda text: engine.tokenizer.encode(text).ids,
+                          engine.encode if engine.template is not None else None)
     kv = {k: getattr(m.kv, k) for k in ("past_key", "past_value", "present_key", "present_value")}
     return measure_kv(Path(package) / m.model_file, kv, m.dims, ids, m.io, max_len=min(m.dims.max_positions, 1024))
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = ROOT / "pyproject.toml"
 
 
 def _extras() -> dict[str, list[str]]:
@@ -68,3 +69,27 @@ def test_installed_metadata_is_this_pyproject():
     """The editable install was made from this pyproject (the Makefile's stamp reinstalls on change)."""
     provided = set(metadata.metadata("slm").get_all("Provides-Extra") or [])
     assert provided == set(_extras()), (provided, set(_extras()))
+
+
+def test_the_wheel_carries_every_data_file(tmp_path):
+    """Every file under slm/ that git tracks and is not Python source is in the built wheel: data the code
+    reads at run time (the KV calibration corpus, the shipped scorer, the bundled tasks) needs a
+    package-data pattern in pyproject.toml, and a missing one only shows on a user's install."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    clone = tmp_path / "clone"               # what a fresh clone has: no build/ or egg-info to leak files in
+    for path in tracked:
+        if (ROOT / path).is_file():
+            (clone / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / path, clone / path)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                    str(clone)], check=True, capture_output=True)
+    wheel, = tmp_path.glob("slm-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    data = [p for p in tracked if p.startswith("slm/") and not p.endswith(".py")]
+    assert any("bbh-cot-prompts" in p for p in data)
+    assert [p for p in data if p not in shipped] == []

@@ -18,7 +18,7 @@ from slm.runtime.kv_cache import KVCache
 from slm.runtime.kv_quant import dequantize, quantize
 from slm.core.errors import PackageError, SlmError
 from slm.core.package import read_manifest
-from slm.export.kv_calibration import CALIBRATION_CHAT, CALIBRATION_TEXT
+from slm.export.kv_calibration import calibration_ids
 
 DTYPES = ("fp32", "fp16", "int8", "int4")
 PROMPT = "The river ran past the old mill, and the miller's daughter counted the boats going down to the sea."
@@ -286,7 +286,8 @@ def test_int8_scales_are_the_calibration_texts_ranges(tiny_package):
 
     engine = Engine(tiny_package, threads=1)
     m = engine.manifest
-    texts = [engine.tokenizer.encode(CALIBRATION_TEXT).ids] + ([engine.encode(CALIBRATION_CHAT)] if engine.template else [])
+    texts = calibration_ids(lambda text: engine.tokenizer.encode(text).ids, engine.encode if engine.template else None)
+    assert sum(map(len, texts)) > 10_000                     # the BBH corpus is in (a few thousand tokens would not do)
     kv = {k: getattr(m.kv, k) for k in ("past_key", "past_value", "present_key", "present_value")}
     norms, values = measure_kv(tiny_package / m.model_file, kv, m.dims, texts, m.io, max_len=min(m.dims.max_positions, 1024))
     k_top, v_top = np.concatenate([norms.max(2)] * 2, -1), np.abs(values).max(2)

@@ -271,8 +271,13 @@ def _export_kv_variants(out: Path, dtypes: tuple[str, ...], build, saved: dict, 
         return []
     samples = None
     if any(d in KV_QMAX for d in dtypes):
-        _log("calibrating KV cache scales (slm/export/kv_calibration.py's text)")
-        samples = measure_kv(out / "model.onnx", kv, spec, calibration_ids(tokenizer), io, max_len=min(max_pos, 1024))
+        _log("calibrating KV cache scales (slm/export/kv_calibration.py's text and corpus)")
+        chat = None
+        if getattr(tokenizer, "chat_template", None):
+            chat = lambda messages: tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                                                  return_dict=False)
+        ids = calibration_ids(lambda text: tokenizer(text).input_ids, chat)
+        samples = measure_kv(out / "model.onnx", kv, spec, ids, io, max_len=min(max_pos, 1024))
     variants = []
     for short in dtypes:
         dtype = KV_DTYPES[short]
@@ -291,7 +296,8 @@ def _export_kv_variants(out: Path, dtypes: tuple[str, ...], build, saved: dict, 
             ranges = kv_ranges(*samples, KV_QMAX[short], KV_CLIP[short], KV_HEADROOM[short])
             write_scales(out / files["scales_file"], *ranges, KV_QMAX[short])
             files.update(quant_type="PER_CHANNEL", k_scale=names["k_scale"], v_scale=names["v_scale"],
-                         calibration=f"slm/export/kv_calibration.py ({KV_CLIP[short]}, headroom x{KV_HEADROOM[short]}): "
+                         calibration=f"slm/export/kv_calibration.py ({KV_CLIP[short]}, headroom x{KV_HEADROOM[short]}, "
+                                     f"{sum(map(len, ids))} tokens): "
                                      f"rotation-invariant key range and value range per layer, KV head and channel, "
                                      f"/ {KV_QMAX[short]}")
         variants.append(KVVariant(dtype=dtype, **files))

@@ -7,22 +7,27 @@
     scale = that range / the largest code (127 for int8, 7 for int4); int4 clips the range where
     that lowers the squared error (`kv_ranges`, clip "mse"), measured in docs/LONGCTX.md.
 
-Headroom (`kv_ranges(..., headroom)`, HEADROOM): the largest of ~1,000 calibration tokens
-underestimates the largest of a longer text (extremes grow with the sample): 2 x 2,048 held-out
-tokens exceed this text's range in 54% (keys) and 60% (values) of SmolLM2's channels, by up to 1.8x
-and 2.6x, and int8 ranges x1.5 took SmolLM2's int8 perplexity from +1.13% to +0.40% of the fp32
-cache's; on Qwen2.5-Coder-1.5B the same x1.5 went from -0.45% to +2.05%, so the export
-(export.KV_HEADROOM) keeps x1.0 until a per-model rule is measured (docs/LONGCTX.md).
+The text: CALIBRATION_TEXT, written for this purpose (a mix of prose, dialogue, code, numbers, a list
+and JSON), once plain and once through the chat template (CALIBRATION_CHAT: the template's special
+tokens and a system prompt), then CORPUS, the 23 distinct BIG-Bench-Hard chain-of-thought prompt files
+(MIT; data/bbh-cot-prompts/SOURCE.md): ~21,000 tokens of questions, options and worked reasoning. None
+of it is evaluation data (the long-context tasks in slm/evals/longctx, the perplexity texts of
+bench/kv_dtype_quality.py, the distillation tasks) or a test prompt, so scores measured with these
+scales are not fitted to what they measure.
 
-The text (CALIBRATION_TEXT) is written for this purpose: a mix of prose, dialogue, code, numbers,
-a list and JSON, read once as plain text and once through the chat template (so the template's
-special tokens and a system prompt are seen). It is neither evaluation data (the long-context tasks
-in slm/evals/longctx, the perplexity texts of bench/kv_dtype_quality.py) nor a test prompt, so scores
-measured with these scales are not fitted to what they measure.
+Why the corpus (docs/LONGCTX.md, "Where int8's error comes from"): the largest of CALIBRATION_TEXT's
+~1,000 tokens underestimates the largest of a longer text (extremes grow with the sample): 2 x 2,048
+held-out tokens exceeded its ranges in 54% (keys) and 60% (values) of SmolLM2's channels, and the
+saturated codes were most of int8's error (+0.86% perplexity on the default package). With the corpus
+the same int8 cache is +0.37% on SmolLM2 and -0.14% on Qwen2.5-Coder-1.5B, with no factor fitted to
+the evaluation text (`kv_ranges(..., headroom)`, export.KV_HEADROOM, stays x1.0; x1.25 on top was worse
+on the 1.5B). Calibrating costs one prefill of the corpus at export (~30 s for SmolLM2, ~3 min for the
+1.5B on 2 cores).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -92,12 +97,25 @@ CALIBRATION_CHAT = [
 ]
 
 
-def calibration_ids(tokenizer) -> list[list[int]]:
-    """The calibration text as token ids: plain, and the chat through the template when there is one."""
-    texts = [tokenizer(CALIBRATION_TEXT).input_ids]
-    if getattr(tokenizer, "chat_template", None):
-        texts.append(list(tokenizer.apply_chat_template(CALIBRATION_CHAT, tokenize=True, add_generation_prompt=True,
-                                                        return_dict=False)))
+CORPUS = Path(__file__).parent / "data" / "bbh-cot-prompts"
+
+
+def calibration_texts() -> list[str]:
+    """CALIBRATION_TEXT, then each file of CORPUS in name order."""
+    files = sorted(CORPUS.glob("*.txt"))
+    if not files:
+        raise SlmError(f"the KV calibration corpus is missing: no .txt files in {CORPUS} (a broken install? "
+                       "reinstall slm)")
+    return [CALIBRATION_TEXT] + [f.read_text(encoding="utf-8") for f in files]
+
+
+def calibration_ids(encode: Callable[[str], list[int]],
+                    encode_chat: Callable[[list[dict]], list[int]] | None = None) -> list[list[int]]:
+    """The calibration texts as token ids, `encode`d as plain text, and CALIBRATION_CHAT through
+    `encode_chat` (the chat template, with the generation prompt) when the model has one."""
+    texts = [list(encode(t)) for t in calibration_texts()]
+    if encode_chat is not None:
+        texts.insert(1, list(encode_chat(CALIBRATION_CHAT)))
     return texts
 
 
