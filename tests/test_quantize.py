@@ -111,9 +111,8 @@ def test_stored_gguf_factors_give_the_blocks_exactly(type_name):
     assert np.abs(y - plain).max() <= 1e-5 * np.abs(ref).max()
     stored_bytes, plain_bytes = _init_bytes(w), _init_bytes(NBitsWeight(w.q, w.scales, w.zero_points, w.bits, w.block_size))
     codes = w.q.size * w.bits / 8
-    # the scales shrink to the file's fp16; Q4_1's side path of block offsets stays float32
-    # (folding it too needs a zero point of 0, which sends each block's mean through int8 activations)
-    assert stored_bytes - codes <= (0.8 if type_name == "Q4_1" else 0.55) * (plain_bytes - codes)
+    # the scales (and Q4_1's side path of block offsets, 8 s + offset folded at load) shrink to the file's fp16
+    assert stored_bytes - codes <= 0.55 * (plain_bytes - codes)
 
 
 def _init_bytes(w: NBitsWeight) -> int:
@@ -140,6 +139,37 @@ def test_stored_factors_survive_fusing_reordering_and_row_scaling():
     assert w.stored is not None and w.stored.row_scale is not None
     y, ref, _ = _run_linear(w)
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_folded_side_path_is_the_float32_offsets_bit_for_bit(tmp_path):
+    """Q4_1's side path stores the GGUF's fp16 scale and offset and ONNX Runtime folds
+    Transpose((8 s + offset) * row) at load: the constant the running graph multiplies by is, bit for
+    bit, the float32 (8 s + offset) * row an export once stored (the same roundings, in the same order)."""
+    import gguf
+    import onnx
+    from gguf.quants import dequantize
+    from onnx import numpy_helper
+
+    from slm.export.graph import Outliers, scale_rows
+
+    raw = _random_gguf_blocks("Q4_1", 16, 256, 7)
+    w = from_gguf(raw, "Q4_1", dequantize(raw, gguf.GGMLQuantizationType.Q4_1).reshape(16, 256).astype(np.float32))
+    w = scale_rows(w, Outliers(np.array([2, 9]), np.array([0.03, 0.7], np.float32)))
+    g = Graph(TensorProto.FLOAT)
+    g.output(linear(g, g.input("x", TensorProto.FLOAT, [1, 2, 256]), w, "lin", None, 4), "y", TensorProto.FLOAT, None)
+    assert all(t.data_type != TensorProto.FLOAT or len(t.raw_data) < 256 for t in g.inits)   # no float32 offsets stored
+    model = helper.make_model(helper.make_graph(g.nodes, "t", g.inputs, g.outputs, g.inits), ir_version=IR_VERSION,
+                              opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    folded = onnx.load(str(tmp_path / "folded.onnx"))
+    consts = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    side, = [consts[n.input[1]] for n in folded.graph.node if n.op_type == "MatMul" and n.input[1] in consts]
+    st = w.stored
+    expected = ((8.0 * st.scale.astype(np.float32) + st.offset.astype(np.float32)) * st.row_scale[:, None]).T
+    assert side.dtype == np.float32 and np.array_equal(side, expected)
 
 
 def _min_max_integer_zero_point(w: np.ndarray, block: int) -> np.ndarray:

@@ -146,14 +146,30 @@ def _stored(w: NBitsWeight):
 def _folded(g: Graph, name: str, half: np.ndarray, row: np.ndarray | None, trailing_one: bool = False) -> str:
     """(N, blocks [, 1]) float from the stored fp16 factor [* row]: a Cast over a constant, which ONNX
     Runtime folds once at load (one node: it keeps every folded intermediate until it is done, so a
-    chain of them costs a copy each). A row scale (scale_rows) is a second, small node."""
+    chain of them costs a copy each). A row scale (scale_rows) is a second, small node. Made once per
+    graph: the (N, blocks, 1) view a gather reads is a Reshape of the same output, so the fp16 factor
+    is stored once (a tied table's head and embedding)."""
     n, s = half.shape
-    tail = (1,) if trailing_one else ()
-    name += "3d" if trailing_one else ""
-    out = g.op("Cast", [g.init(f"{name}_f16", half.reshape(n, s, *tail), keep_dtype=True)], to=g.float_type)
-    if row is not None:
-        out = g.op("Mul", [out, g.init(f"{name}_row", row.reshape(n, 1, *tail).astype(np.float32))])
-    return out
+    key = f"{name}*row" if row is not None else name
+    if key not in g.made:
+        out = _cast_f16(g, name, half)
+        if row is not None:
+            out = g.op("Mul", [out, _row(g, name, row)])
+        g.made[key] = out
+    if not trailing_one:
+        return g.made[key]
+    return g.op("Reshape", [g.made[key], g.init(f"shape/{n}x{s}x1", np.array([n, s, 1], np.int64))])
+
+
+def _cast_f16(g: Graph, name: str, half: np.ndarray) -> str:
+    """The stored fp16 factor `name`_f16 as the graph's float type, one Cast per graph."""
+    if f"{name}/f32" not in g.made:
+        g.made[f"{name}/f32"] = g.op("Cast", [g.init(f"{name}_f16", half, keep_dtype=True)], to=g.float_type)
+    return g.made[f"{name}/f32"]
+
+
+def _row(g: Graph, name: str, row: np.ndarray) -> str:
+    return g.init(f"{name}_row", row.reshape(-1, 1).astype(np.float32))
 
 
 def block_scales(g: Graph, name: str, w: NBitsWeight, trailing_one: bool = False) -> str:
@@ -256,19 +272,23 @@ def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, a
         x ─► MatMulNBits(q, s; zero point 8; + bias) ──────────────────────────────────────────► + ─► y
         └──► sum x over each block (B, S, K/bs) [, Concat the outlier channels] ─► MatMul(o.T [; outlier_columns]) ─┘
 
-    exact in real arithmetic; ONNX Runtime's CPU kernel for float zero points is ~20x slower.
+    exact in real arithmetic; ONNX Runtime's CPU kernel for float zero points is ~20x slower. With
+    the GGUF's fp16 factors stored (Q4_1), o.T is Transpose(8 * Cast(s) + Cast(offset)), folded by ONNX
+    Runtime at load: the package holds the block's two fp16 numbers as the GGUF does, and the running
+    graph is the same MatMul over a float32 constant.
     """
     n, k = w.shape
     st = _stored(w)
-    if st is None:
-        side = w.scales * (8.0 - w.zero_points)
-    else:       # o = 8 s + offset from the GGUF's own factors: one rounding of the exact value
-        row = 1.0 if st.row_scale is None else st.row_scale[:, None]
-        side = (8.0 * st.scale.astype(np.float32) + st.offset.astype(np.float32)) * row
-    side = np.ascontiguousarray(side.astype(np.float32).T)                     # (K/bs, N)
-    if outliers is not None:
-        side = np.concatenate([side, outlier_columns(w, outliers)])
-    side = g.init(f"{name}.block_offsets", side)
+    if st is None or st.offset is None:
+        side = g.init(f"{name}.block_offsets", side_path_weight(w, outliers))     # (K/bs [+ c], N) float32
+    else:       # o = 8 s + offset from the GGUF's own fp16 factors, folded at load: nothing new on disk
+        side = g.op("Add", [g.op("Mul", [_cast_f16(g, f"{name}.scale", st.scale), g.init("eight", np.array(8.0, np.float32))]),
+                            _cast_f16(g, f"{name}.offset", st.offset)])          # (N, K/bs): (8 s + offset)
+        if st.row_scale is not None:                                            # then * row, as the values were
+            side = g.op("Mul", [side, _row(g, f"{name}.scale", st.row_scale)])
+        side = g.op("Transpose", [side], perm=[1, 0])                           # (K/bs, N)
+        if outliers is not None:
+            side = g.op("Concat", [side, g.init(f"{name}.outlier_weight", outlier_columns(w, outliers))], axis=0)
     ins = [x, g.init(f"{name}.qweight", w.packed()), scales_input(g, name, w)]
     if bias is not None:
         ins += ["", "", g.init(f"{name}.bias", bias)]
@@ -280,6 +300,13 @@ def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, a
         cols = g.op("Gather", [x, g.init(f"{name}.outlier_channels", outliers.channels.astype(np.int64))], axis=2)
         feats = g.op("Concat", [feats, cols], axis=-1)
     return g.op("Add", [main, g.op("MatMul", [feats, side])])
+
+
+def side_path_weight(w: NBitsWeight, outliers: Outliers | None) -> np.ndarray:
+    """(K/bs [+ c], N) float32: each block's offset o = s * (8 - zp) [, then the outlier columns]."""
+    side = w.scales * (8.0 - w.zero_points)
+    side = np.ascontiguousarray(side.astype(np.float32).T)
+    return side if outliers is None else np.concatenate([side, outlier_columns(w, outliers)])
 
 
 def topk_rescored_head(g: Graph, h: str, table: NBitsWeight, k: int, accuracy_level: int, H: int) -> str:
