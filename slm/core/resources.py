@@ -27,3 +27,23 @@ def size_mib(path: str | Path) -> float:
     p = Path(path)
     files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
     return sum(f.stat().st_size for f in files) / 2 ** 20
+
+
+def release_freed_heap() -> bool:
+    """Give the C heap's free pages back to the OS (glibc's malloc_trim). Opening a package frees what
+    ONNX Runtime folded and packed from and what the tokenizer's JSON parse built, but glibc keeps
+    those pages, and they count in the process's RSS until something reuses them (~15 MB of the
+    default package's peak, docs/BENCHMARKS.md). True where it ran; elsewhere (musl, macOS, Windows)
+    it does nothing and says False."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return False
+    if trim is None:
+        return False
+    trim(0)
+    return True

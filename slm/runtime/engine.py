@@ -33,6 +33,7 @@ from slm.runtime.session import open_session
 from slm.runtime.stops import StopMatcher
 from slm.core.errors import PackageError, PromptTooLongError, SlmError
 from slm.core.package import KV_DTYPES, read_manifest
+from slm.core.resources import release_freed_heap
 
 PREFILL_CHUNK = 512     # tokens per prefill call: bounds activation memory for long prompts
 # With the attention-statistics graph ONNX Runtime holds each layer's (heads, chunk, cache) attention
@@ -122,6 +123,7 @@ class Engine:
         self._lock = threading.Lock()
         self._grammars: Grammars | None = None     # built on the first constrained request
         self._grammars_lock = threading.Lock()
+        release_freed_heap()        # what loading freed goes back to the OS, not into the peak RSS
 
     # --- text in ---------------------------------------------------------------------------------
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,

@@ -47,3 +47,4 @@ def open_session(model_path: Path, provider: str = "auto", threads: int | None =
         why = "CPU requested" if provider == "cpu" else "this ONNX Runtime build has no CUDA provider"
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     return session, "cpu", f"running on CPU ({why})"
+
