@@ -74,12 +74,17 @@ def plot(pts: list[dict], path: Path, title: str) -> None:
     for p in pts:
         ax.scatter(p["mib"], p["score"], color=colours.get(p["dtype"], "k"), marker=markers.get(p["policy"], "x"),
                    s=90 if p["policy"] == "full" else 40)
-    for d in {p["dtype"] for p in pts}:
+    for d in dict.fromkeys(p["dtype"] for p in pts):
         ax.scatter([], [], color=colours.get(d, "k"), label=d)
     for name, m in markers.items():
         if any(p["policy"] == name for p in pts):
             ax.scatter([], [], color="grey", marker=m, label=name)
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(sorted({round(p["mib"], 1) for p in pts if p["policy"] == "full"}))
     ax.set_xlabel("KV cache MiB (mean per case, at the dtype, scales included)")
     ax.set_ylabel("mean score")
     ax.set_title(title, fontsize=9)
@@ -107,7 +112,8 @@ def main() -> None:
             subprocess.run(cmd, check=True, cwd=ROOT)
     pts = points(out, a.dtypes)
     print(table(pts, a.at))
-    plot(pts, out / "bytes.png", f"{Path(a.model or 'default').name}: long-context score against KV bytes")
+    package = json.loads((out / a.dtypes[0] / "results.json").read_text())["package"]
+    plot(pts, out / "bytes.png", f"{Path(package).name}: long-context score against KV bytes")
     print(f"\nplot: {out / 'bytes.png'}")
 
 
