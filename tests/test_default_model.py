@@ -49,7 +49,8 @@ def test_default_int4_package_answers(default_gguf_package):
 
 def test_fp32_export_matches_transformers(smollm2, tmp_path, held_out_ids, reference_logits):
     source, model, tok = smollm2
-    build_package(source, tmp_path / "fp32", quant="fp32", model=model, tokenizer=tok)
+    build_package(source, tmp_path / "fp32", quant="fp32", model=model, tokenizer=tok,
+                  kv_dtypes=())   # weights only: no KV variants (their calibration is tested on the tiny models)
     rel = _relative(graph_logits(tmp_path / "fp32", held_out_ids), reference_logits)
     print(f"SmolLM2 fp32 logits: relative diff {rel:.2e}")
     assert rel < 1e-4
@@ -66,7 +67,7 @@ def test_gguf_blocks_carried_exactly(smollm2, tmp_path, held_out_ids, reference_
     """With fp32 activations (accuracy_level 0) the carried Q4_1/Q8_0 blocks give transformers' logits:
     the GGUF is quantised once, never twice."""
     source, model, tok = smollm2
-    build_package(source, tmp_path / "gguf0", quant="gguf", accuracy_level=0, model=model, tokenizer=tok)
+    build_package(source, tmp_path / "gguf0", quant="gguf", accuracy_level=0, model=model, tokenizer=tok, kv_dtypes=())
     rel = _relative(graph_logits(tmp_path / "gguf0", held_out_ids), reference_logits)
     print(f"SmolLM2 GGUF-carried logits (accuracy_level 0): relative diff {rel:.2e}")
     assert rel < 1e-4
@@ -94,7 +95,7 @@ def test_quantised_exports_stay_close_to_fp32(smollm2, tmp_path, quant, accuracy
     text = HELD_OUT.read_text()[200_000:203_000]
     ids = np.array([tok(text).input_ids[:256]], np.int64)
     build_package(source, tmp_path / quant, quant=quant, accuracy_level=accuracy_level, model=model, tokenizer=tok,
-                  attention_stats=False)
+                  attention_stats=False, kv_dtypes=())
     got = graph_logits(tmp_path / quant, ids)[0]
     with torch.no_grad():
         ref = model(torch.from_numpy(ids)).logits.numpy()[0]
