@@ -1,6 +1,8 @@
 """slm.core.resources: peak RSS, sizes on disk, giving freed heap back."""
 import platform
 
+import pytest
+
 from slm.core.resources import peak_rss_mib, release_freed_heap, size_mib
 
 
@@ -19,12 +21,12 @@ def test_release_freed_heap_returns_pages_where_glibc_has_malloc_trim():
     del junk
     freed = _rss_kib()
     trimmed = release_freed_heap()
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert freed > before + 96 * 1024                  # glibc kept the freed pages ...
-        assert trimmed and _rss_kib() < before + 32 * 1024     # ... until malloc_trim gave them back
-    else:
-        assert trimmed in (True, False)
     del pin
+    if not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("no glibc: release_freed_heap does nothing here")
+    if freed <= before + 96 * 1024:      # QEMU user mode, for one, reports its own host process's memory
+        pytest.skip(f"the freed heap did not stay resident here ({(freed - before) // 1024} MiB of 128): nothing to release")
+    assert trimmed and _rss_kib() < before + 32 * 1024     # glibc kept the freed pages until malloc_trim gave them back
 
 
 def _rss_kib() -> int:
