@@ -51,6 +51,16 @@ def test_export_rejects_unknown_quant(tmp_path):
     assert out.returncode == 2 and "invalid choice" in out.stderr
 
 
+def test_export_rejects_unknown_k_quant_scales(tmp_path):
+    out = slm("export", "default", str(tmp_path / "x"), "--k-quant-scales", "fp8")
+    assert out.returncode == 2 and "invalid choice: 'fp8'" in out.stderr and "float32" in out.stderr
+    from slm.core.errors import SlmError
+    from slm.export import ExportOptions, build_package
+    from tests.conftest import tiny_llama
+    with pytest.raises(SlmError, match="--k-quant-scales 'fp8' is not a layout; accepted: float32, gguf"):
+        build_package("default", tmp_path / "y", ExportOptions(quant="int4", k_quant_scales="fp8"), model=tiny_llama())
+
+
 def test_distill_without_its_extra_is_listed_and_names_the_extra(tmp_path):
     """torch blocked as if slm[distill] were not installed: `slm distill` is still in the help, and
     running it says what to install instead of a traceback."""

@@ -84,11 +84,11 @@ def _random_gguf_blocks(type_name: str, rows: int, k: int, seed: int) -> np.ndar
 
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"])
 def test_stored_gguf_factors_give_the_blocks_exactly(type_name):
-    """A carried Q4_0/Q4_1/Q5_0/Q8_0 tensor keeps the GGUF's own fp16 scales (and offsets): they cast
-    back to the carry's float32 scales bit for bit, and the package built from them computes the
+    """A carried tensor keeps the GGUF's own factors: Q4_0/Q4_1/Q5_0/Q8_0 one fp16 scale (and offset)
+    per block, Q4_K/Q6_K one fp16 per super-block times their integer sub-block scales (and mins).
+    They give the carry's float32 scales bit for bit, and the package built from them computes the
     dequantised matmul (max |dequant - GGUF| is 0 up to float32 rounding) with fewer bytes than float32
-    scales. Q4_K/Q6_K keep float32 scales (their factors need a DequantizeLinear that ONNX Runtime does
-    not fold), and compute the same matmul."""
+    scales."""
     import gguf
     from gguf.quants import dequantize
 
@@ -96,13 +96,9 @@ def test_stored_gguf_factors_give_the_blocks_exactly(type_name):
     deq = dequantize(raw, gguf.GGMLQuantizationType[type_name]).reshape(24, 512).astype(np.float32)
     w = from_gguf(raw, type_name, deq)
     assert np.abs(w.dequantize() - deq).max() <= 1e-6 * np.abs(deq).max()
-    if type_name in ("Q4_K", "Q6_K"):
-        assert w.stored is None
-        y, ref, _ = _run_linear(w)
-        assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
-        return
     assert w.stored is not None
-    folded = w.stored.scale.astype(np.float32)
+    assert (w.stored.scale_codes is not None) == type_name.endswith("_K")
+    folded = w.stored.scales32()
     flat = folded == 0                  # the carry stores 1.0 there (its codes are neutral); both read 0 or the offset
     assert flat.any() and np.array_equal(folded[~flat], w.scales[~flat]) and np.all(w.scales[flat] == 1)
     y, ref, _ = _run_linear(w)
@@ -170,6 +166,89 @@ def test_folded_side_path_is_the_float32_offsets_bit_for_bit(tmp_path):
     st = w.stored
     expected = ((8.0 * st.scale.astype(np.float32) + st.offset.astype(np.float32)) * st.row_scale[:, None]).T
     assert side.dtype == np.float32 and np.array_equal(side, expected)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K"])
+def test_k_quant_factors_fold_at_load_into_the_float32_scales_bit_for_bit(tmp_path, type_name):
+    """A K-quant's d x sub-block codes (and Q4_K's -dmin x mins) are Casts and a Mul over stored
+    constants: ONNX Runtime folds them at load (none is left in the running graph), and MatMulNBits
+    reads, bit for bit, the float32 scales (Q4_K: and side-path offsets 8 s + offset) of the carry."""
+    import gguf
+    import onnx
+    from gguf.quants import dequantize
+    from onnx import numpy_helper
+
+    raw = _random_gguf_blocks(type_name, 16, 512, 8)
+    w = from_gguf(raw, type_name, dequantize(raw, gguf.GGMLQuantizationType[type_name]).reshape(16, 512).astype(np.float32))
+    g = Graph(TensorProto.FLOAT)
+    g.output(linear(g, g.input("x", TensorProto.FLOAT, [1, 2, 512]), w, "lin", None, 4), "y", TensorProto.FLOAT, None)
+    assert all(t.data_type != TensorProto.FLOAT or len(t.raw_data) < 64 for t in g.inits)   # no float32 scales stored
+    model = helper.make_model(helper.make_graph(g.nodes, "t", g.inputs, g.outputs, g.inits), ir_version=IR_VERSION,
+                              opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    folded = onnx.load(str(tmp_path / "folded.onnx"))
+    consts = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    # nothing of the factors is left to run: Casts, Mul, the Q4_K bit unpacking all folded
+    assert {n.op_type for n in folded.graph.node} <= {"MatMulNBits", "Reshape", "ReduceSum", "MatMul", "Add", "Identity"}
+    mnb, = [n for n in folded.graph.node if n.op_type == "MatMulNBits"]
+    st = w.stored
+    assert np.array_equal(consts[mnb.input[2]].reshape(st.scales32().shape), st.scales32())
+    if type_name == "Q4_K":
+        side, = [consts[n.input[1]] for n in folded.graph.node if n.op_type == "MatMul" and n.input[1] in consts]
+        assert np.array_equal(side, (8.0 * st.scales32() + st.offsets32()).T)
+
+
+def test_q4_k_sub_block_scales_are_stored_as_the_gguf_bytes():
+    """The package stores a Q4_K tensor's 6-bit scales and mins as the file's own 12 bytes per
+    super-block (4.5 bits a weight with the codes and fp16 d, dmin, as in the GGUF)."""
+    import gguf
+    from gguf.quants import dequantize
+
+    from slm.export.graph import pack_k4_scales
+
+    raw = _random_gguf_blocks("Q4_K", 8, 512, 9)
+    w = from_gguf(raw, "Q4_K", dequantize(raw, gguf.GGMLQuantizationType.Q4_K).reshape(8, 512).astype(np.float32))
+    packed = pack_k4_scales(w.stored.scale_codes, w.stored.offset_codes)
+    assert np.array_equal(packed, raw.reshape(8, 2, 144)[..., 4:16])
+    g = Graph(TensorProto.FLOAT)
+    linear(g, g.input("x", TensorProto.FLOAT, [1, 2, 512]), w, "lin", None, 4)
+    stored = sum(len(t.raw_data) for t in g.inits if t.dims and np.prod(t.dims) >= 16)
+    assert stored == raw.size       # codes 128 + d, dmin 4 + scales 12 bytes per 256 weights: the file's bytes
+
+
+@pytest.mark.parametrize("layout", ["float32", "gguf"])
+def test_k_quant_scales_layout_is_the_exporters_choice(tmp_path, layout):
+    """carry_gguf on a real GGUF file (written by gguf-py with raw Q4_K and Q6_K blocks): float32 keeps
+    the K-quants' scales as float32 (stored None), gguf keeps the file's factors; both carry the
+    tensors exactly (max |dequant - GGUF reference| within float32 rounding)."""
+    import gguf
+    from gguf.quants import dequantize
+
+    from slm.export.gguf_carry import carry_gguf
+
+    path = tmp_path / "k.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    reference = {}
+    for i, (typ, name) in enumerate([("Q4_K", "ffn_up"), ("Q6_K", "ffn_down")]):
+        raw = _random_gguf_blocks(typ, 16, 512, 20 + i)
+        qtype = gguf.GGMLQuantizationType[typ]
+        writer.add_tensor(f"blk.0.{name}.weight", raw, raw_shape=raw.shape, raw_dtype=qtype)
+        hf = f"model.layers.0.mlp.{'up' if name == 'ffn_up' else 'down'}_proj.weight"
+        reference[hf] = dequantize(raw, qtype).reshape(16, 512).astype(np.float32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    carried, report = carry_gguf(str(path), reference, head_dim=64, k_quant_scales=layout)
+    assert report["types"] == {"Q4_K": 1, "Q6_K": 1}
+    for name, w in carried.items():
+        assert np.abs(w.dequantize() - reference[name]).max() <= 1e-6 * np.abs(reference[name]).max()
+        assert (w.stored is None) == (layout == "float32")
+        y, ref, _ = _run_linear(w)
+        assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 def _min_max_integer_zero_point(w: np.ndarray, block: int) -> np.ndarray:

@@ -42,6 +42,10 @@ def register_export(p: argparse.ArgumentParser) -> None:
                         "exact fp32 path instead of int8 activations (LLM.int8() decomposition; 0 = off; docs/BENCHMARKS.md)")
     p.add_argument("--no-attention-stats", dest="attention_stats", action="store_false",
                    help="skip the second graph with per-layer attention mass (needed by h2o, tova, snapkv, namm)")
+    p.add_argument("--k-quant-scales", default="float32", choices=["float32", "gguf"],
+                   help="--quant gguf: store Q4_K/Q6_K scales as float32 (default: the least memory while loading) or "
+                        "as the file's own factors (gguf: ~1.1x the GGUF on disk instead of ~1.4x, a higher peak RSS "
+                        "while the session opens; docs/BENCHMARKS.md)")
     p.set_defaults(func=cmd_export)
 
 
@@ -57,7 +61,7 @@ def cmd_export(args) -> None:
     build_package(args.src, args.out, ExportOptions(quant=args.quant, accuracy_level=args.accuracy_level,
                                                     block_size=args.block_size, max_positions=args.max_positions,
                                                     attention_stats=args.attention_stats, head_topk=args.head_topk,
-                                                    outliers=args.outliers))
+                                                    outliers=args.outliers, k_quant_scales=args.k_quant_scales))
     print(args.out)
 
 

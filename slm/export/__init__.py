@@ -51,7 +51,8 @@ BLOCK_SIZE = {"int4": 32, "int8": 32, "compact": 64}   # default block size of e
 
 
 def quantize_weights(weights: dict, mode: str, *, block_size: int | None = None, gguf_path: str | None = None,
-                     head_dim: int = 0, importance: dict[str, np.ndarray] | None = None) -> tuple[dict, Quantization]:
+                     head_dim: int = 0, importance: dict[str, np.ndarray] | None = None,
+                     k_quant_scales: str = "float32") -> tuple[dict, Quantization]:
     """Replace linear (and embedding) weights according to `mode`; return them and the record.
     importance: weight name -> (K,) weight of each input channel in the compact fit (input_importance)."""
     if mode in ("fp32", "fp16"):
@@ -76,10 +77,12 @@ def quantize_weights(weights: dict, mode: str, *, block_size: int | None = None,
                                        + ("; tied embedding/head at 8 bits" if tied else ""))
     if mode == "gguf":
         from slm.export.gguf_carry import carry_gguf
-        carried, report = carry_gguf(gguf_path, weights, head_dim)
+        carried, report = carry_gguf(gguf_path, weights, head_dim, k_quant_scales)
         out.update(carried)
         types = ",".join(f"{k}x{v}" for k, v in sorted(report["types"].items()))
         notes = f"blocks carried from GGUF ({types}); max |dequant - transformers| = {report['max_abs_diff']:.2g}"
+        if any(k in report["types"] for k in ("Q4_K", "Q6_K")):
+            notes += f"; K-quant scales stored as {'the file' + chr(39) + 's factors' if k_quant_scales == 'gguf' else 'float32'}"
         if report["requantized_8bit"]:
             from slm.export.quantize import GGUF_BLOCKS
             again = sorted({typ for _, typ, _ in report["requantized_8bit"]})
@@ -134,6 +137,7 @@ class ExportOptions:
     head_topk: int = 0                  # > 0: a tied 8-bit head read at 4 bits, its top k re-scored
     outliers: int = 8                   # with int8 activations: outlier channels per input through fp32 (0 = off)
     kv_dtypes: tuple[str, ...] = KV_VARIANTS   # KV cache dtypes besides fp32 to write graphs for
+    k_quant_scales: str = "float32"     # a GGUF carry's Q4_K/Q6_K scales: float32, or the file's factors ("gguf")
 
 
 def build_package(source: str | Source | None, out: str | Path, options: ExportOptions = ExportOptions(), *,
@@ -165,6 +169,9 @@ def build_package(source: str | Source | None, out: str | Path, options: ExportO
         raise SourceError(f"--quant {quant!r} is not a quantisation mode; accepted: {', '.join(QUANT_MODES)}")
     if quant == "gguf" and getattr(src, "kind", "") != "gguf":
         raise SourceError("--quant gguf carries a GGUF file's blocks; the source is not a .gguf (use int4 or int8)")
+    from slm.export.gguf_carry import K_QUANT_SCALES
+    if o.k_quant_scales not in K_QUANT_SCALES:
+        raise SlmError(f"--k-quant-scales {o.k_quant_scales!r} is not a layout; accepted: {', '.join(K_QUANT_SCALES)}")
     if model is None:
         _log(f"loading {src.path} ({src.kind})")
         model, tokenizer = load_model(src)
@@ -179,7 +186,8 @@ def build_package(source: str | Source | None, out: str | Path, options: ExportO
         _log("measuring each linear input's activations on the calibration text (slm/export/calibrate.py) for the fit")
         importance = input_importance(model, tokenizer)
     weights, qrec = quantize_weights(weights, quant, block_size=block_size, importance=importance,
-                                     gguf_path=getattr(src, "path", None), head_dim=spec.head_dim)
+                                     gguf_path=getattr(src, "path", None), head_dim=spec.head_dim,
+                                     k_quant_scales=o.k_quant_scales)
     if head_topk and not (spec.tied_embeddings and isinstance(weights["model.embed_tokens.weight"], NBitsWeight)):
         raise SlmError(f"--head-topk {head_topk} needs a tied head stored as 8-bit blocks (quant gguf, int4 or int8 "
                        f"of a model with tied embeddings); this export is quant {quant!r}, tied={spec.tied_embeddings}")

@@ -6,6 +6,7 @@ rows the way transformers did, and require the result to dequantise to transform
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -51,8 +52,17 @@ def _carry_in_chunks(raw: np.ndarray, tensor_type, shape: tuple[int, int], dequa
     return parts[0] if len(parts) == 1 else concat_rows(parts)
 
 
-def carry_gguf(path: str, hf_weights: dict[str, np.ndarray], head_dim: int) -> tuple[dict[str, NBitsWeight], dict]:
+K_QUANT_SCALES = ("float32", "gguf")     # how a package stores Q4_K/Q6_K scales (ExportOptions.k_quant_scales)
+
+
+def carry_gguf(path: str, hf_weights: dict[str, np.ndarray], head_dim: int,
+               k_quant_scales: str = "float32") -> tuple[dict[str, NBitsWeight], dict]:
     """Return {hf name: NBitsWeight} for every quantised linear/embedding tensor, and a report.
+
+    k_quant_scales: "float32" stores Q4_K/Q6_K scales (and Q4_K's side-path offsets) as float32, which
+    ONNX Runtime reads as they are; "gguf" stores the file's own factors (fp16 d x integer sub-block
+    codes, in the GGUF's bytes for Q4_K), folded at load: ~1.1x the GGUF on disk instead of ~1.4x,
+    for a higher peak RSS while the session opens (docs/BENCHMARKS.md, "K-quant scales").
 
     Types without an exact MatMulNBits form (5-bit types with float mins) are re-quantised to 8 bits
     from transformers' dequantised weights and counted in the report.
@@ -91,6 +101,8 @@ def carry_gguf(path: str, hf_weights: dict[str, np.ndarray], head_dim: int) -> t
         else:
             raise ValueError(f"GGUF blocks of {t.name} ({t.tensor_type.name}) do not reproduce transformers' "
                              f"weights (max diff {diff:.3g}); refusing to carry them")
+        if k_quant_scales == "float32" and t.tensor_type.name in ("Q4_K", "Q6_K"):
+            cand = dataclasses.replace(cand, stored=None)
         carried[name] = cand
         report["types"][t.tensor_type.name] = report["types"].get(t.tensor_type.name, 0) + 1
         report["max_abs_diff"] = max(report["max_abs_diff"], diff)

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from slm.export.quantize import NBitsWeight, concat_rows, quantize_rtn, quantize_symmetric
+from slm.export.quantize import BlockScales, NBitsWeight, concat_rows, quantize_rtn, quantize_symmetric
 from slm.core.package import Dimensions, GraphIO
 
 OPSET = 21
@@ -143,29 +143,81 @@ def _stored(w: NBitsWeight):
     return st
 
 
-def _folded(g: Graph, name: str, half: np.ndarray, row: np.ndarray | None, trailing_one: bool = False) -> str:
-    """(N, blocks [, 1]) float from the stored fp16 factor [* row]: a Cast over a constant, which ONNX
-    Runtime folds once at load (one node: it keeps every folded intermediate until it is done, so a
-    chain of them costs a copy each). A row scale (scale_rows) is a second, small node. Made once per
-    graph: the (N, blocks, 1) view a gather reads is a Reshape of the same output, so the fp16 factor
-    is stored once (a tied table's head and embedding)."""
-    n, s = half.shape
-    key = f"{name}*row" if row is not None else name
+def _folded(g: Graph, name: str, st: BlockScales, which: str, trailing_one: bool = False) -> str:
+    """(N, blocks [, 1]) float from the stored factor `which` ("scale" or "offset") [* row]: Casts
+    over constants, which ONNX Runtime folds once at load (it keeps every folded intermediate until it
+    is done, so a chain of them costs a copy each). A row scale (scale_rows) is a second, small node.
+    Made once per graph: the (N, blocks, 1) view a gather reads is a Reshape of the same output, so
+    the factor is stored once (a tied table's head and embedding)."""
+    n, s = (st.scale if st.scale_codes is None else st.scale_codes).shape
+    key = f"{name}.{which}*row" if st.row_scale is not None else f"{name}.{which}"
     if key not in g.made:
-        out = _cast_f16(g, name, half)
-        if row is not None:
-            out = g.op("Mul", [out, _row(g, name, row)])
+        out = _factor(g, name, st, which)
+        if st.row_scale is not None:
+            out = g.op("Mul", [out, _row(g, f"{name}.scale", st.row_scale)])
         g.made[key] = out
     if not trailing_one:
         return g.made[key]
     return g.op("Reshape", [g.made[key], g.init(f"shape/{n}x{s}x1", np.array([n, s, 1], np.int64))])
 
 
-def _cast_f16(g: Graph, name: str, half: np.ndarray) -> str:
-    """The stored fp16 factor `name`_f16 as the graph's float type, one Cast per graph."""
-    if f"{name}/f32" not in g.made:
-        g.made[f"{name}/f32"] = g.op("Cast", [g.init(f"{name}_f16", half, keep_dtype=True)], to=g.float_type)
-    return g.made[f"{name}/f32"]
+def _factor(g: Graph, name: str, st: BlockScales, which: str) -> str:
+    """The stored factor `which` of `name` as the graph's float type (N, blocks), made once per graph:
+    Cast(fp16), or for a K-quant Cast(d) (N, supers, 1) * Cast(sub-block codes) (N, supers, subs),
+    reshaped: exact in float32 (an fp16 times an integer below 2**7)."""
+    key = f"{name}.{which}/f32"
+    if key not in g.made:
+        half = st.scale if which == "scale" else st.offset
+        codes = st.scale_codes if which == "scale" else st.offset_codes
+        if codes is None:
+            out = g.op("Cast", [g.init(f"{name}.{which}_f16", half, keep_dtype=True)], to=g.float_type)
+        else:
+            n, supers = half.shape
+            d = g.init(f"{name}.{which}_f16", half.reshape(n, supers, 1), keep_dtype=True)
+            out = g.op("Mul", [g.op("Cast", [d], to=g.float_type),
+                               g.op("Cast", [_sub_block_codes(g, name, st)[which]], to=g.float_type)])
+            out = g.op("Reshape", [out, g.init(f"shape/{n}x{codes.shape[1]}", np.array([n, codes.shape[1]], np.int64))])
+        g.made[key] = out
+    return g.made[key]
+
+
+def _sub_block_codes(g: Graph, name: str, st: BlockScales) -> dict[str, str]:
+    """A K-quant's integer sub-block codes (N, supers, subs) by factor. Q6_K: its int8 scales as they
+    are. Q4_K: the 6-bit scales and mins packed in 12 bytes per super-block exactly as the GGUF
+    stores them (llama.cpp's get_scale_min_k4 layout), unpacked by bit operations that ONNX Runtime
+    folds at load; for bytes j < 4, scale j = b[j] & 63 and min j = b[j + 4] & 63; for j >= 4,
+    scale j = (b[j + 4] & 15) | (b[j - 4] >> 6) << 4 and min j = (b[j + 4] >> 4) | (b[j] >> 6) << 4."""
+    key = f"{name}.sub_block_codes"
+    if key in g.made:
+        return g.made[key]
+    n, supers = st.scale.shape
+    if st.offset_codes is None or st.scale_codes.shape[1] != 8 * supers:
+        codes = {"scale": g.init(f"{name}.scale_codes", st.scale_codes.reshape(n, supers, -1), keep_dtype=True)}
+    else:
+        packed = g.init(f"{name}.k4_scales", pack_k4_scales(st.scale_codes, st.offset_codes), keep_dtype=True)
+        part = lambda lo, hi: g.op("Slice", [packed, g.init(f"k4/{lo}", np.array([lo], np.int64)),
+                                             g.init(f"k4/{hi}", np.array([hi], np.int64)), "axes/-1k"])
+        g.init("axes/-1k", np.array([-1], np.int64))
+        a, b, c = part(0, 4), part(4, 8), part(8, 12)
+        const = lambda v: g.init(f"k4/u8/{v}", np.array(v, np.uint8))
+        band = lambda x, v: g.op("BitwiseAnd", [x, const(v)])
+        shift = lambda x, v, d: g.op("BitShift", [x, const(v)], direction=d)
+        high2 = lambda x: shift(shift(x, 6, "RIGHT"), 4, "LEFT")          # (x >> 6) << 4
+        codes = {"scale": g.op("Concat", [band(a, 63), g.op("BitwiseOr", [band(c, 15), high2(a)])], axis=-1),
+                 "offset": g.op("Concat", [band(b, 63), g.op("BitwiseOr", [shift(c, 4, "RIGHT"), high2(b)])], axis=-1)}
+    g.made[key] = codes
+    return codes
+
+
+def pack_k4_scales(sc: np.ndarray, mn: np.ndarray) -> np.ndarray:
+    """(N, supers, 12) uint8: 6-bit scales and mins (N, 8 * supers) in the GGUF's Q4_K byte layout."""
+    n = sc.shape[0]
+    sc, mn = sc.reshape(n, -1, 8).astype(np.uint8), mn.reshape(n, -1, 8).astype(np.uint8)
+    out = np.empty((*sc.shape[:2], 12), np.uint8)
+    out[..., 0:4] = (sc[..., 0:4] & 63) | ((sc[..., 4:8] >> 4) << 6)
+    out[..., 4:8] = (mn[..., 0:4] & 63) | ((mn[..., 4:8] >> 4) << 6)
+    out[..., 8:12] = (sc[..., 4:8] & 15) | ((mn[..., 4:8] & 15) << 4)
+    return out
 
 
 def _row(g: Graph, name: str, row: np.ndarray) -> str:
@@ -174,14 +226,12 @@ def _row(g: Graph, name: str, row: np.ndarray) -> str:
 
 def block_scales(g: Graph, name: str, w: NBitsWeight, trailing_one: bool = False) -> str:
     """w's scales (N, K/bs [, 1]), from the stored GGUF factors (_folded)."""
-    st = w.stored
-    return _folded(g, f"{name}.scale", st.scale, st.row_scale, trailing_one)
+    return _folded(g, name, w.stored, "scale", trailing_one)
 
 
 def block_offsets(g: Graph, name: str, w: NBitsWeight, trailing_one: bool = False) -> str:
     """w's float offsets (N, K/bs [, 1]), w = scale * code + offset, from the stored GGUF factors."""
-    st = w.stored
-    return _folded(g, f"{name}.offset", st.offset, st.row_scale, trailing_one)
+    return _folded(g, name, w.stored, "offset", trailing_one)
 
 
 def scales_input(g: Graph, name: str, w: NBitsWeight) -> str:
@@ -282,8 +332,8 @@ def linear_float_zero_point(g: Graph, x: str, w: NBitsWeight, name: str, bias, a
     if st is None or st.offset is None:
         side = g.init(f"{name}.block_offsets", side_path_weight(w, outliers))     # (K/bs [+ c], N) float32
     else:       # o = 8 s + offset from the GGUF's own fp16 factors, folded at load: nothing new on disk
-        side = g.op("Add", [g.op("Mul", [_cast_f16(g, f"{name}.scale", st.scale), g.init("eight", np.array(8.0, np.float32))]),
-                            _cast_f16(g, f"{name}.offset", st.offset)])          # (N, K/bs): (8 s + offset)
+        side = g.op("Add", [g.op("Mul", [_factor(g, name, st, "scale"), g.init("eight", np.array(8.0, np.float32))]),
+                            _factor(g, name, st, "offset")])                    # (N, K/bs): (8 s + offset)
         if st.row_scale is not None:                                            # then * row, as the values were
             side = g.op("Mul", [side, _row(g, f"{name}.scale", st.row_scale)])
         side = g.op("Transpose", [side], perm=[1, 0])                           # (K/bs, N)

@@ -19,33 +19,61 @@ import numpy as np
 
 @dataclass(frozen=True)
 class BlockScales:
-    """A GGUF block's scale (and Q4_1's offset, w = scale * code + offset) as the file stores it: one
-    float16 each. The package stores these and the graph casts them back to float32 (exact), which
-    ONNX Runtime folds once at load, so the file holds 16 bits a block instead of 32."""
-    scale: np.ndarray                     # float16 (N, K // block_size)
-    offset: np.ndarray | None             # float16 (N, K // block_size), or None (integer zero points)
+    """A GGUF block's scale (and offset, w = scale * code + offset) as the file stores it. The package
+    stores these and the graph casts them back to float32 (exact), which ONNX Runtime folds once at
+    load, so the file holds 16 bits a block instead of 32.
+
+    Q4_0/Q4_1/Q5_0/Q8_0: one float16 scale (and Q4_1's offset) per block. The K-quants: one float16
+    per super-block of 256 (d, and Q4_K's -dmin) and a small integer per sub-block (`scale_codes`,
+    `offset_codes`: Q4_K's 6-bit scales and mins, Q6_K's int8 scales), scale = d * code, as llama.cpp
+    computes it; the product of an fp16 and an integer below 2**7 is exact in float32."""
+    scale: np.ndarray                     # float16 (N, K // block_size), or (N, K // 256) with scale_codes
+    offset: np.ndarray | None             # float16 like scale, or None (integer zero points)
     row_scale: np.ndarray | None = None   # float32 (N,): output rows scaled after (slm.export.graph.scale_rows)
+    scale_codes: np.ndarray | None = None     # K-quants: uint8/int8 (N, K // block_size)
+    offset_codes: np.ndarray | None = None    # Q4_K: uint8 (N, K // block_size)
 
     def take_rows(self, rows: np.ndarray) -> "BlockScales":
         pick = lambda a: None if a is None else a[rows]
-        return BlockScales(self.scale[rows], pick(self.offset), pick(self.row_scale))
+        return BlockScales(self.scale[rows], pick(self.offset), pick(self.row_scale), pick(self.scale_codes),
+                           pick(self.offset_codes))
 
     def with_row_scale(self, rows: np.ndarray, alpha: np.ndarray) -> "BlockScales":
         row = np.ones(self.scale.shape[0], np.float32) if self.row_scale is None else self.row_scale.copy()
         row[rows] *= alpha
-        return BlockScales(self.scale, self.offset, row)
+        return BlockScales(self.scale, self.offset, row, self.scale_codes, self.offset_codes)
+
+    @property
+    def structure(self) -> tuple[bool, bool, bool]:
+        return self.offset is None, self.scale_codes is None, self.offset_codes is None
+
+    def scales32(self) -> np.ndarray:
+        """float32 (N, K // block_size): the scales the graph folds (before any row scale)."""
+        return expand_factor(self.scale, self.scale_codes)
+
+    def offsets32(self) -> np.ndarray:
+        return expand_factor(self.offset, self.offset_codes)
+
+
+def expand_factor(half: np.ndarray, codes: np.ndarray | None) -> np.ndarray:
+    """float32 (N, blocks) from fp16 (N, blocks), or from fp16 (N, supers) times integer codes (N, blocks)."""
+    f = half.astype(np.float32)
+    if codes is None:
+        return f
+    n, supers = half.shape
+    return (f[:, :, None] * codes.astype(np.float32).reshape(n, supers, -1)).reshape(n, -1)
 
 
 def concat_block_scales(parts: list["BlockScales | None"]) -> "BlockScales | None":
     """Stacked along N when every part has the same structure, else None (float32 scales then)."""
-    if any(p is None for p in parts) or any((p.offset is None) != (parts[0].offset is None) for p in parts):
+    if any(p is None for p in parts) or any(p.structure != parts[0].structure for p in parts):
         return None
     rows = None
     if any(p.row_scale is not None for p in parts):
         rows = np.concatenate([np.ones(p.scale.shape[0], np.float32) if p.row_scale is None else p.row_scale
                                for p in parts])
-    return BlockScales(np.concatenate([p.scale for p in parts]),
-                       None if parts[0].offset is None else np.concatenate([p.offset for p in parts]), rows)
+    cat = lambda field: None if getattr(parts[0], field) is None else np.concatenate([getattr(p, field) for p in parts])
+    return BlockScales(cat("scale"), cat("offset"), rows, cat("scale_codes"), cat("offset_codes"))
 
 
 @dataclass(frozen=True)
@@ -261,12 +289,27 @@ def _factors_q4_1(raw):                    # scale d, offset m
     return _f16_raw(raw, 0), _f16_raw(raw, 2)
 
 
-# The types whose factors the package stores: one fp16 scale (and offset) per block, a Cast that ONNX
-# Runtime folds at load. The K-quants' d x integer sub-block scales would fold by DequantizeLinear, which
-# ONNX Runtime's constant folding leaves in the graph by default (it keeps QDQ pairs for its quantisation
-# fusions): MatMulNBits then read unfolded scales and the 1.5B package's perplexity went to +288,640%
-# (docs/BENCHMARKS.md). Q4_K and Q6_K keep float32 scales.
-FACTORS = {"Q4_0": _factors_d, "Q4_1": _factors_q4_1, "Q5_0": _factors_d, "Q8_0": _factors_d}
+def _factors_q4_k(raw):                    # d x 6-bit sub-scale, -dmin x 6-bit sub-min
+    sc, mn = _q4_k_scale_min(raw)
+    return _f16_raw(raw, 0), -_f16_raw(raw, 2), sc.astype(np.uint8), mn.astype(np.uint8)
+
+
+def _factors_q6_k(raw):                    # d x int8 sub-scale, integer zero point 32
+    return _f16_raw(raw, 208), None, raw[:, 192:208].copy().view(np.int8), None
+
+
+def _plain(factors):
+    return lambda raw: (*factors(raw), None, None)
+
+
+# The types whose factors the package stores, as (scale, offset, scale codes, offset codes) per block
+# row: a Cast (K-quants: two Casts and a Mul) over constants, which ONNX Runtime folds at load. Q4_K and
+# Q6_K's d x integer sub-block scales once went through DequantizeLinear, which ONNX Runtime's constant
+# folding leaves in the graph (it keeps QDQ pairs for its quantisation fusions): MatMulNBits then read
+# unfolded scales and the 1.5B package's perplexity went to +288,640% (docs/BENCHMARKS.md). Cast and
+# Mul fold (tests/test_quantize.py checks the folded constants bit for bit).
+FACTORS = {"Q4_0": _plain(_factors_d), "Q4_1": _plain(_factors_q4_1), "Q5_0": _plain(_factors_d),
+           "Q8_0": _plain(_factors_d), "Q4_K": _factors_q4_k, "Q6_K": _factors_q6_k}
 
 
 # type name: (block bytes, values per block, code bits, sub-block size, scale reader)
@@ -314,10 +357,11 @@ def from_gguf(raw: np.ndarray, type_name: str, dequantized: np.ndarray) -> NBits
         zp = np.where(flat, 8 - offset, zp).astype(np.float32)
     stored = None
     if type_name in FACTORS:
-        sc, oc = FACTORS[type_name](blocks)
-        stored = BlockScales(sc.reshape(n, -1), None if oc is None else oc.reshape(n, -1))
+        sc, oc, scodes, ocodes = FACTORS[type_name](blocks)
+        rows = lambda a: None if a is None else a.reshape(n, -1)
+        stored = BlockScales(rows(sc), rows(oc), None, rows(scodes), rows(ocodes))
         # the factors must give the blocks' own scales and offsets exactly, or they are not stored
-        if not (np.array_equal(stored.scale.astype(np.float32), scale) and
-                (stored.offset is None or np.array_equal(stored.offset.astype(np.float32), offset))):
+        if not (np.array_equal(stored.scales32(), scale) and
+                (stored.offset is None or np.array_equal(stored.offsets32(), offset))):
             stored = None
     return NBitsWeight(codes.astype(np.uint8).reshape(n, k), safe, zp, bits, sub, f"gguf:{type_name}", stored)
