@@ -50,6 +50,18 @@ def branch(n: int, k: int, c: int, lay) -> tuple[list, list]:
     if lay is None:
         inits.append(numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), f"w{c}"))
         nodes.append(helper.make_node("MatMul", ["x", f"w{c}"], [f"y{c}"]))
+    elif lay == SPLIT_6BIT:         # 6-bit codes as a 4-bit low plane plus a 2-bit high plane, two kernels summed
+        for part, bits in (("lo", 4), ("hi", 2)):
+            i, o = branch(n, k, c, (bits, 16, True, False))
+            rename = {f"y{c}": f"{part}{c}", f"q{c}": f"q{part}{c}", f"s{c}": f"s{part}{c}", f"zp{c}": f"zp{part}{c}"}
+            for t in i:
+                t.name = rename.get(t.name, t.name)
+            for node in o:
+                node.input[:] = [rename.get(x, x) for x in node.input]
+                node.output[:] = [rename.get(x, x) for x in node.output]
+            inits += i
+            nodes += o
+        nodes.append(helper.make_node("Add", [f"lo{c}", f"hi{c}"], [f"y{c}"]))
     else:
         bits, block, zp, side = lay
         nb = k // block
@@ -61,7 +73,7 @@ def branch(n: int, k: int, c: int, lay) -> tuple[list, list]:
             inits.append(numpy_helper.from_array(rng.random(n * nb).astype(np.float32) * 15, f"zp{c}"))
             ins.append(f"zp{c}")
         elif zp:
-            zbytes = n * ((nb * bits + 7) // 8) if bits == 4 else n * nb
+            zbytes = n * ((nb * bits + 7) // 8) if bits < 8 else n * nb
             inits.append(numpy_helper.from_array(rng.integers(0, 256, zbytes, dtype=np.uint8), f"zp{c}"))
             ins.append(f"zp{c}")
         out = f"main{c}" if side else f"y{c}"
@@ -78,6 +90,8 @@ def branch(n: int, k: int, c: int, lay) -> tuple[list, list]:
     return inits, nodes
 
 
+SPLIT_6BIT = "split"
+
 LAYOUTS = {   # name: (bits, block, zero points: False | True (uint8) | "float", fp32 side path of float offsets)
     "fp32 MatMul": None,
     "4-bit b32, float offsets (Q4_1/Q4_K carry)": (4, 32, False, True),
@@ -91,6 +105,8 @@ LAYOUTS = {   # name: (bits, block, zero points: False | True (uint8) | "float",
     "8-bit b16, symmetric": (8, 16, False, False),
     "8-bit b32, symmetric (Q8_0 carry)": (8, 32, False, False),
     "8-bit b64, symmetric": (8, 64, False, False),
+    "2-bit b16, uint8 zero points": (2, 16, True, False),
+    "6-bit b16 as 4-bit + 2-bit planes, two kernels (Q6_K at 6 bits)": SPLIT_6BIT,
 }
 
 
@@ -131,7 +147,7 @@ def main(argv=None) -> None:
         cells = []
         for s in a.shapes:
             n, k = map(int, s.split("x"))
-            bits = 32 if lay is None else lay[0] + 32 / lay[1]
+            bits = 32 if lay is None else 6 + 64 / 16 if lay == SPLIT_6BIT else lay[0] + 32 / lay[1]
             copies = max(1, round(a.mib * 2 ** 23 / (n * k * bits)))
             us, nbytes_bits, grew = measure(graph(n, k, copies, lay), k, a.calls, a.threads)
             cells.append(f"{us / copies:.0f} | {nbytes_bits / (n * k * copies):.2f} | {grew / copies:.0f}")
