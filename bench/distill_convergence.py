@@ -12,6 +12,9 @@ student as it starts, scored once, `--few-shot` solved train inputs before each 
 `--store NAME=PATH`. Everything after `--` goes to every `distill train` (the plateau settings). Each
 cell's test predictions are written by `distill eval` to `<cell>/test.pred.jsonl`; a cell that has
 them is skipped, and `--save-every` in the train settings makes a killed cell resume.
+`packages` exports one trained cell (default: the best step-by-step cell) with `slm export` at each
+`--quants` mode and scores every package on the test split through the Engine (`distill eval --model PKG`),
+printing accuracy beside PyTorch's and how many outputs are identical to PyTorch's.
 `table` prints the markdown table: accuracy per seed and mean, and for each step-by-step arm its
 difference from standard with a paired bootstrap 95% interval over the test inputs (`slm.distill.stats`),
 the teacher's own test accuracy from a store of the test split, and a plot of the validation curves.
@@ -109,6 +112,40 @@ def table(args: argparse.Namespace) -> None:
         plot(out, Path(args.plot))
 
 
+def best_cell(out: Path) -> Path:
+    """The trained cell with the highest test accuracy (step-by-step arms first on a tie)."""
+    cells = [p.parent for p in out.glob("*-s*/test.pred.jsonl")]
+    if not cells:
+        raise SystemExit(f"{out}: no trained cell with test predictions yet (run `run` first)")
+    score = lambda c: (sum(correctness(c / "test.pred.jsonl").values()), c.name.startswith("step-by-step"))
+    return max(cells, key=score)
+
+
+def packages(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    cell = out / args.cell if args.cell else best_cell(out)
+    task = ["--task", args.task] + (["--data", args.data] if args.data else [])
+    torch_rows = {r["id"]: r for r in map(json.loads, (cell / "test.pred.jsonl").read_text().splitlines())}
+    rows = [f"| PyTorch (transformers, fp32) | {100 * sum(r['correct'] for r in torch_rows.values()) / len(torch_rows):.1f}% "
+            f"({sum(r['correct'] for r in torch_rows.values())}/{len(torch_rows)}) | — |"]
+    for quant in args.quants:
+        pkg, preds = cell / f"pkg-{quant}", cell / f"pkg-{quant}.pred.jsonl"
+        if not preds.is_file():
+            if not (pkg / "manifest.json").is_file():
+                cmd = [sys.executable, "-m", "slm.cli", "export", str(cell), str(pkg), "--quant", quant, "--no-attention-stats"]
+                print("+", " ".join(cmd), flush=True)
+                subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            distill("eval", *task, "--model", str(pkg), "--max-new-tokens", str(args.max_new_tokens),
+                    *(["--limit", str(args.test_limit)] if args.test_limit else []), "--predictions", str(preds))
+        got = {r["id"]: r for r in map(json.loads, preds.read_text().splitlines())}
+        same = sum(got[i]["output"] == torch_rows[i]["output"] for i in got if i in torch_rows)
+        right = sum(r["correct"] for r in got.values())
+        rows.append(f"| Engine, `--quant {quant}` package | {100 * right / len(got):.1f}% ({right}/{len(got)}) | {same}/{len(got)} |")
+    print(f"\n{cell.name}: the same student through each package\n")
+    print("| student as run | test accuracy | outputs identical to PyTorch's |\n|---|---:|---:|")
+    print("\n".join(rows))
+
+
 def plot(out: Path, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -151,8 +188,16 @@ def main() -> None:
     t.add_argument("--teacher-store", action="append", default=[], metavar="NAME=PATH",
                    help="the teacher's store of the test split: its own accuracy")
     t.add_argument("--plot", help="write the validation curves to this PNG")
+    k = sub.add_parser("packages")
+    k.add_argument("--task", required=True)
+    k.add_argument("--data")
+    k.add_argument("--out", required=True)
+    k.add_argument("--cell", help="a cell folder name under --out (default: the best by test accuracy)")
+    k.add_argument("--quants", nargs="+", default=["fp32", "int8", "int4", "compact"])
+    k.add_argument("--max-new-tokens", type=int, default=24)
+    k.add_argument("--test-limit", type=int, default=0, help="score the first N test inputs (0: all), as `run` did")
     args = parser.parse_args(argv)
-    run(args, train_args) if args.command == "run" else table(args)
+    {"run": lambda: run(args, train_args), "table": lambda: table(args), "packages": lambda: packages(args)}[args.command]()
 
 
 if __name__ == "__main__":

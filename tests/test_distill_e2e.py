@@ -97,6 +97,28 @@ def test_student_answers_the_same_through_the_runtime(trained):
     assert [p.output for p in engine_shot.predictions] == [p.output for p in torch_shot.predictions]
 
 
+def test_convergence_bench_scores_a_cell_through_its_packages(trained, tmp_path):
+    """bench/distill_convergence.py packages: a trained cell exported (fp32 here) and scored through the
+    Engine; the table puts it beside PyTorch's predictions, which an fp32 package reproduces exactly."""
+    import shutil
+    import subprocess
+    import sys
+
+    root, out = trained
+    cell = tmp_path / "conv" / "standard-s0"
+    shutil.copytree(out, cell)
+    assert _cli("eval", "--task", "svamp", "--model", str(cell), "--limit", "3", "--max-new-tokens", "8",
+                "--predictions", str(cell / "test.pred.jsonl")) == 0
+    bench = Path(__file__).resolve().parents[1] / "bench" / "distill_convergence.py"
+    done = subprocess.run([sys.executable, str(bench), "packages", "--task", "svamp", "--out", str(tmp_path / "conv"),
+                           "--quants", "fp32", "--max-new-tokens", "8", "--test-limit", "3"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "standard-s0: the same student through each package" in done.stdout
+    assert "| Engine, `--quant fp32` package |" in done.stdout and "| 3/3 |" in done.stdout, done.stdout
+    assert (cell / "pkg-fp32.pred.jsonl").is_file()
+
+
 def test_few_shot_answer_is_its_first_line():
     from slm.distill.evaluate import first_line
     assert first_line("( 3.0 + 4.0 )\n\npredict: Tom has") == "( 3.0 + 4.0 )"
