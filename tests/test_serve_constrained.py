@@ -308,13 +308,38 @@ def test_fuzzed_schemas_never_crash_the_server(server, schema, as_tool, stream, 
     assert r.status_code in (200, 400), r.text
     if r.status_code == 400:
         assert r.json()["error"]["param"].startswith("tools" if as_tool else "response_format")
+    elif stream and '"error"' in r.text:
+        # a grammar that cannot go on mid-stream (e.g. a required key with a character the vocabulary has no
+        # bytes for): the same error, as a 400, that the request gets unstreamed, naming the constraint
+        error = json.loads(r.text.rstrip().rsplit("data: ", 1)[1])["error"]
+        assert error["type"] == "invalid_request_error", error
+        assert error["param"].startswith("tools" if as_tool else "response_format"), error
+        again = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "stream": False}, trust_env=False, timeout=60)
+        assert again.status_code == 400 and again.json()["error"]["message"] == error["message"], again.text
     elif stream:
-        assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text, r.text[-300:]
+        assert r.text.rstrip().endswith("data: [DONE]"), r.text[-300:]
     else:
         finish = r.json()["choices"][0]["finish_reason"]
         assert finish in ("stop", "length", "tool_calls")
         if finish == "stop" and not as_tool and _valid_schema(schema):   # llguidance takes some invalid ones
             jsonschema.validate(json.loads(r.json()["choices"][0]["message"]["content"]), schema)
+
+
+def test_a_required_key_the_vocabulary_cannot_write_is_a_400_streamed_or_not(server):
+    """Found by the fuzz above: SmolLM2's vocabulary has no token holding byte 0xF1, so a required key
+    U+40000 cannot be written; llguidance's mask then offers a wrong byte token. Unstreamed: a 400 naming
+    the bytes; streamed (after a first chunk went out): the same error as the stream's last event."""
+    schema = {"type": "object", "properties": {}, "required": ["\U00040000"]}
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 8, "temperature": 1.0, "seed": 0,
+            "response_format": _fmt(schema)}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, trust_env=False, timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"].startswith("response_format") and "f1 80 80 80" in error["message"]
+    assert "no token of this model's vocabulary holds 0xf1" in error["message"]
+    streamed = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "stream": True}, trust_env=False, timeout=60)
+    last = json.loads(streamed.text.rstrip().rsplit("data: ", 1)[1])
+    assert last["error"] == {**error, "type": "invalid_request_error"}
 
 
 def _valid_schema(schema) -> bool:

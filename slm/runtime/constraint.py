@@ -95,6 +95,18 @@ class Grammars:
     def __init__(self, tokenizer_json: str, *, vocab_size: int, eos_ids: list[int]):
         self.vocab_size = vocab_size
         self.tokenizer = llg.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=list(eos_ids))
+        self._bytes: frozenset[int] | None = None
+
+    def token_bytes(self) -> frozenset[int]:
+        """Every byte value some token of the vocabulary holds (computed once, when first asked). A
+        byte-level BPE vocabulary may lack some: SmolLM2's has no token with 0xF1, so it cannot write
+        U+40000..U+7FFFF at all."""
+        if self._bytes is None:
+            seen = set()
+            for t in range(self.tokenizer.vocab_size):
+                seen.update(self.tokenizer.decode_bytes([t]))
+            self._bytes = frozenset(seen)
+        return self._bytes
 
     def check(self, constraint: Constraint) -> str:
         """The compiled grammar text, or ConstraintError naming where the constraint is wrong (for a
@@ -144,7 +156,7 @@ class Grammars:
         matcher = llg.LLMatcher(self.tokenizer, self.check(constraint), log_level=0)
         if matcher.is_error():
             raise ConstraintError(f"the {_NAMES[constraint.kind]} does not compile: {_one_line(matcher.get_error())}")
-        return Guide(matcher, self.vocab_size)
+        return Guide(matcher, self.vocab_size, self.token_bytes)
 
 
 def _one_line(message: str) -> str:
@@ -160,8 +172,9 @@ class Guide:
     against the state its accepted prefix leads to, and a rejected draft token never enters the
     parser (nothing to roll back)."""
 
-    def __init__(self, matcher: llg.LLMatcher, vocab_size: int):
+    def __init__(self, matcher: llg.LLMatcher, vocab_size: int, token_bytes=None):
         self.matcher = matcher
+        self.token_bytes = token_bytes      # () -> the byte values the vocabulary's tokens hold (Grammars.token_bytes)
         self.bits = np.zeros((vocab_size + 31) // 32, np.int32)    # one bit per token id
         self.masked = np.empty(vocab_size, np.float32)             # reused: a fresh array costs more than the mask
         self.consumed = 0
@@ -191,10 +204,16 @@ class Guide:
         return self.matcher.validate_tokens([token]) == 1
 
     def refused(self, token: int) -> ConstraintError:
+        forced = self.matcher.compute_ff_bytes()
+        missing = sorted(set(forced) - self.token_bytes()) if forced and self.token_bytes else []
+        if missing:     # the grammar demands bytes no token holds: llguidance's mask then offers a wrong one
+            return ConstraintError(f"the grammar forces the bytes {forced.hex(' ')} ({forced.decode('utf-8', 'replace')!r}) "
+                                   f"next, and no token of this model's vocabulary holds "
+                                   f"{', '.join(f'0x{b:02x}' for b in missing)}: the model cannot write that text "
+                                   f"(a key, const or enum value with a character its vocabulary lacks)")
         return ConstraintError(f"every token the grammar's mask allows next (the last tried: {token}) is refused by its "
                                f"parser, so the reply cannot go on; seen with an added token whose text the grammar "
-                               f"forces (write it as <[{token}]> in a Lark grammar), and once in the fuzz with a byte "
-                               f"token under a generated schema")
+                               f"forces (write it as <[{token}]> in a Lark grammar)")
 
     def consume(self, token: int) -> None:
         if not self.matcher.consume_token(token):

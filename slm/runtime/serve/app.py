@@ -340,7 +340,7 @@ async def _respond(request: Request, state: ServeState, *, job: GenerationJob, f
             watcher.cancel()        # the streaming response watches for the disconnect itself
             streaming = True
             return _EventStream(_stream(generation, batches, first, fmt=fmt, include_usage=include_usage,
-                                        reader=reader), on_close=lambda: _finish(state, cancel))
+                                        reader=reader, constraint_param=constraint_param), on_close=lambda: _finish(state, cancel))
         texts = ["".join(e.text for e in first)]
         try:
             async for batch in batches:
@@ -380,7 +380,8 @@ class _EventStream(StreamingResponse):
 
 
 async def _stream(generation: Generation, batches: AsyncIterator[list[GenerationEvent]], first: list[GenerationEvent],
-                  *, fmt: ChatFormat | CompletionFormat, include_usage: bool, reader: ReplyReader) -> AsyncIterator[str]:
+                  *, fmt: ChatFormat | CompletionFormat, include_usage: bool, reader: ReplyReader,
+                  constraint_param: str = "tools") -> AsyncIterator[str]:
     """Server-sent events, one chunk per batch of events that arrived together; a tool call goes
     out once whole, as OpenAI's two deltas (id and name, then the arguments)."""
     try:
@@ -408,6 +409,8 @@ async def _stream(generation: Generation, batches: AsyncIterator[list[Generation
         if include_usage and generation.last is not None:
             yield sse(fmt.usage_chunk(generation.last))
         yield sse("[DONE]")
+    except ConstraintError as e:   # the grammar cannot go on: the error the same request gets unstreamed (a 400)
+        yield sse(error_body(status=400, message=str(e), param=constraint_param))
     except Exception as e:  # noqa: BLE001 - the status line is sent; the error goes in the stream
         log.exception("generation failed mid-stream")
         yield sse(error_body(status=500, message=f"generation failed: {type(e).__name__}: {e}"))
