@@ -137,23 +137,17 @@ def test_stored_factors_survive_fusing_reordering_and_row_scaling():
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
-def test_folded_side_path_is_the_float32_offsets_bit_for_bit(tmp_path):
-    """Q4_1's side path stores the GGUF's fp16 scale and offset and ONNX Runtime folds
-    Transpose((8 s + offset) * row) at load: the constant the running graph multiplies by is, bit for
-    bit, the float32 (8 s + offset) * row an export once stored (the same roundings, in the same order)."""
-    import gguf
+def _folded_linear(w: NBitsWeight, k: int, tmp_path, largest_float32: int = 64):
+    """One linear over w as the export builds it, and the graph ONNX Runtime runs after folding its
+    constants (prepacking off, so MatMulNBits' inputs stay readable): (folded model, its constants).
+    The package stores no float32 table of scales or offsets: no float32 initializer of `largest_float32`
+    bytes or more (the outlier columns' exact fp32 weights are allowed by a larger bound)."""
     import onnx
-    from gguf.quants import dequantize
     from onnx import numpy_helper
 
-    from slm.export.graph import Outliers, scale_rows
-
-    raw = _random_gguf_blocks("Q4_1", 16, 256, 7)
-    w = from_gguf(raw, "Q4_1", dequantize(raw, gguf.GGMLQuantizationType.Q4_1).reshape(16, 256).astype(np.float32))
-    w = scale_rows(w, Outliers(np.array([2, 9]), np.array([0.03, 0.7], np.float32)))
     g = Graph(TensorProto.FLOAT)
-    g.output(linear(g, g.input("x", TensorProto.FLOAT, [1, 2, 256]), w, "lin", None, 4), "y", TensorProto.FLOAT, None)
-    assert all(t.data_type != TensorProto.FLOAT or len(t.raw_data) < 256 for t in g.inits)   # no float32 offsets stored
+    g.output(linear(g, g.input("x", TensorProto.FLOAT, [1, 2, k]), w, "lin", None, 4), "y", TensorProto.FLOAT, None)
+    assert all(t.data_type != TensorProto.FLOAT or len(t.raw_data) < largest_float32 for t in g.inits)
     model = helper.make_model(helper.make_graph(g.nodes, "t", g.inputs, g.outputs, g.inits), ir_version=IR_VERSION,
                               opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
     options = ort.SessionOptions()
@@ -161,7 +155,22 @@ def test_folded_side_path_is_the_float32_offsets_bit_for_bit(tmp_path):
     options.add_session_config_entry("session.disable_prepacking", "1")
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     folded = onnx.load(str(tmp_path / "folded.onnx"))
-    consts = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    return folded, {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+
+
+def test_folded_side_path_is_the_float32_offsets_bit_for_bit(tmp_path):
+    """Q4_1's side path stores the GGUF's fp16 scale and offset and ONNX Runtime folds
+    Transpose((8 s + offset) * row) at load: the constant the running graph multiplies by is, bit for
+    bit, the float32 (8 s + offset) * row an export once stored (the same roundings, in the same order)."""
+    import gguf
+    from gguf.quants import dequantize
+
+    from slm.export.graph import Outliers, scale_rows
+
+    raw = _random_gguf_blocks("Q4_1", 16, 256, 7)
+    w = from_gguf(raw, "Q4_1", dequantize(raw, gguf.GGMLQuantizationType.Q4_1).reshape(16, 256).astype(np.float32))
+    w = scale_rows(w, Outliers(np.array([2, 9]), np.array([0.03, 0.7], np.float32)))
+    folded, consts = _folded_linear(w, 256, tmp_path, largest_float32=256)
     side, = [consts[n.input[1]] for n in folded.graph.node if n.op_type == "MatMul" and n.input[1] in consts]
     st = w.stored
     expected = ((8.0 * st.scale.astype(np.float32) + st.offset.astype(np.float32)) * st.row_scale[:, None]).T
@@ -174,23 +183,11 @@ def test_k_quant_factors_fold_at_load_into_the_float32_scales_bit_for_bit(tmp_pa
     constants: ONNX Runtime folds them at load (none is left in the running graph), and MatMulNBits
     reads, bit for bit, the float32 scales (Q4_K: and side-path offsets 8 s + offset) of the carry."""
     import gguf
-    import onnx
     from gguf.quants import dequantize
-    from onnx import numpy_helper
 
     raw = _random_gguf_blocks(type_name, 16, 512, 8)
     w = from_gguf(raw, type_name, dequantize(raw, gguf.GGMLQuantizationType[type_name]).reshape(16, 512).astype(np.float32))
-    g = Graph(TensorProto.FLOAT)
-    g.output(linear(g, g.input("x", TensorProto.FLOAT, [1, 2, 512]), w, "lin", None, 4), "y", TensorProto.FLOAT, None)
-    assert all(t.data_type != TensorProto.FLOAT or len(t.raw_data) < 64 for t in g.inits)   # no float32 scales stored
-    model = helper.make_model(helper.make_graph(g.nodes, "t", g.inputs, g.outputs, g.inits), ir_version=IR_VERSION,
-                              opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)])
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
-    options.add_session_config_entry("session.disable_prepacking", "1")
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    folded = onnx.load(str(tmp_path / "folded.onnx"))
-    consts = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    folded, consts = _folded_linear(w, 512, tmp_path)
     # nothing of the factors is left to run: Casts, Mul, the Q4_K bit unpacking all folded
     assert {n.op_type for n in folded.graph.node} <= {"MatMulNBits", "Reshape", "ReduceSum", "MatMul", "Add", "Identity"}
     mnb, = [n for n in folded.graph.node if n.op_type == "MatMulNBits"]

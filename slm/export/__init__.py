@@ -82,7 +82,7 @@ def quantize_weights(weights: dict, mode: str, *, block_size: int | None = None,
         types = ",".join(f"{k}x{v}" for k, v in sorted(report["types"].items()))
         notes = f"blocks carried from GGUF ({types}); max |dequant - transformers| = {report['max_abs_diff']:.2g}"
         if any(k in report["types"] for k in ("Q4_K", "Q6_K")):
-            notes += f"; K-quant scales stored as {'the file' + chr(39) + 's factors' if k_quant_scales == 'gguf' else 'float32'}"
+            notes += "; K-quant scales stored as " + ("the file's factors" if k_quant_scales == "gguf" else "float32")
         if report["requantized_8bit"]:
             from slm.export.quantize import GGUF_BLOCKS
             again = sorted({typ for _, typ, _ in report["requantized_8bit"]})

@@ -195,9 +195,9 @@ def _sub_block_codes(g: Graph, name: str, st: BlockScales) -> dict[str, str]:
         codes = {"scale": g.init(f"{name}.scale_codes", st.scale_codes.reshape(n, supers, -1), keep_dtype=True)}
     else:
         packed = g.init(f"{name}.k4_scales", pack_k4_scales(st.scale_codes, st.offset_codes), keep_dtype=True)
+        last = g.init("axes/-1", np.array([-1], np.int64))
         part = lambda lo, hi: g.op("Slice", [packed, g.init(f"k4/{lo}", np.array([lo], np.int64)),
-                                             g.init(f"k4/{hi}", np.array([hi], np.int64)), "axes/-1k"])
-        g.init("axes/-1k", np.array([-1], np.int64))
+                                             g.init(f"k4/{hi}", np.array([hi], np.int64)), last])
         a, b, c = part(0, 4), part(4, 8), part(8, 12)
         const = lambda v: g.init(f"k4/u8/{v}", np.array(v, np.uint8))
         band = lambda x, v: g.op("BitwiseAnd", [x, const(v)])

@@ -12,6 +12,8 @@ generation's parser state.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import json
 import re
 from dataclasses import dataclass
@@ -172,7 +174,7 @@ class Guide:
     against the state its accepted prefix leads to, and a rejected draft token never enters the
     parser (nothing to roll back)."""
 
-    def __init__(self, matcher: llg.LLMatcher, vocab_size: int, token_bytes=None):
+    def __init__(self, matcher: llg.LLMatcher, vocab_size: int, token_bytes: Callable[[], frozenset[int]] | None = None):
         self.matcher = matcher
         self.token_bytes = token_bytes      # () -> the byte values the vocabulary's tokens hold (Grammars.token_bytes)
         self.bits = np.zeros((vocab_size + 31) // 32, np.int32)    # one bit per token id
