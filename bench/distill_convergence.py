@@ -40,8 +40,8 @@ def distill(*args: str) -> None:
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
 
 
-def arms(stores: dict[str, str]) -> list[tuple[str, str | None]]:
-    return [("standard", None)] + [(f"step-by-step:{name}", path) for name, path in stores.items()]
+def arms(stores: dict[str, str], standard: bool = True) -> list[tuple[str, str | None]]:
+    return [("standard", None)] * standard + [(f"step-by-step:{name}", path) for name, path in stores.items()]
 
 
 def cell_dir(out: Path, arm: str, seed: int) -> Path:
@@ -53,12 +53,12 @@ def run(args: argparse.Namespace, train_args: list[str]) -> None:
     task = ["--task", args.task] + (["--data", args.data] if args.data else [])
     scoring = ["--max-new-tokens", str(args.max_new_tokens)] + (["--limit", str(args.test_limit)] if args.test_limit else [])
     untrained = out / "untrained"
-    if not (untrained / "test.pred.jsonl").is_file():
+    if not args.no_standard and not (untrained / "test.pred.jsonl").is_file():   # scored by the standard instance
         untrained.mkdir(parents=True, exist_ok=True)
         distill("eval", *task, "--model", args.student, *scoring, "--few-shot", str(args.few_shot),
                 "--predictions", str(untrained / "test.pred.jsonl"))
     for seed in args.seeds:
-        for arm, store in arms(dict(s.split("=", 1) for s in args.store)):
+        for arm, store in arms(dict(s.split("=", 1) for s in args.store), standard=not args.no_standard):
             cell = cell_dir(out, arm, seed)
             if (cell / "test.pred.jsonl").is_file():
                 print(f"= {cell.name}: done", flush=True)
@@ -178,6 +178,8 @@ def main() -> None:
     r.add_argument("--out", required=True)
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     r.add_argument("--store", action="append", default=[], metavar="NAME=PATH", help="a rationale store (train split)")
+    r.add_argument("--no-standard", action="store_true", help="only the --store arms (another instance trains the "
+                                                               "standard cells)")
     r.add_argument("--max-new-tokens", type=int, default=24)
     r.add_argument("--few-shot", type=int, default=4, help="solved train inputs before each prompt of the untrained "
                                                           "student (it has never seen the label task's format)")

@@ -55,6 +55,20 @@ def test_multitask_loss_lowers_both_losses(setup):
     assert not (out / "resume").exists()
 
 
+def test_train_limit_trains_the_inputs_a_teacher_store_covers(setup):
+    root, base = setup
+    rows = (root / "palm.jsonl").read_text().splitlines()
+    covered = root / "first12.jsonl"                    # a teacher that reached the 12th input of the split
+    covered.write_text("\n".join(rows[:12]) + "\n")
+    kept = sum(json.loads(r)["status"] == "kept" for r in rows[:12])
+    record = train(replace(base, out=str(root / "limited"), rationales=str(covered), train_fraction=1.0,
+                           train_limit=12, steps=2, eval_limit=1))
+    assert record.train_inputs == 12 and record.label_examples == 12
+    assert record.left_out.get("label_only_no_kept_rationale", 0) == 12 - kept   # none outside the store's inputs
+    with pytest.raises(SlmError, match="train_limit must be at least 1"):
+        replace(base, train_limit=0)
+
+
 def test_lam_zero_is_standard_fine_tuning(setup):
     root, base = setup
     standard = train(replace(base, out=str(root / "std"), rationales=None, steps=6, eval_limit=1))

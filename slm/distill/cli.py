@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--lam", type=float, default=1.0, help="λ in label_loss + λ·rationale_loss (default 1)")
     t.add_argument("--label-source", default="gold", choices=("gold", "teacher"))
     t.add_argument("--train-fraction", type=float, default=1.0, help="share of the train split (default 1)")
+    t.add_argument("--train-limit", type=int, help="the first N train inputs only, in file order (e.g. the inputs a "
+                                                   "teacher's store covers; default: all)")
     t.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--grad-accum", type=int, default=1)
@@ -176,8 +178,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         student=args.student, task=args.task, out=args.out, data=args.data, rationales=args.rationales,
         allow_label_only=args.allow_label_only, lam=args.lam, label_source=args.label_source,
-        train_fraction=args.train_fraction, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        lr=args.lr, warmup_steps=args.warmup_steps, max_len=args.max_len, log_every=args.log_every,
+        train_fraction=args.train_fraction, train_limit=args.train_limit, steps=args.steps,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, max_len=args.max_len, log_every=args.log_every,
         eval_every=args.eval_every, eval_limit=args.eval_limit or None, val_size=args.val_size,
         patience=args.patience, save_every=args.save_every, group_by_length=args.group_by_length,
         threads=args.threads, max_new_tokens=args.max_new_tokens, mixed_precision=args.mixed_precision,

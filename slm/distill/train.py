@@ -56,6 +56,7 @@ class TrainConfig:
     lam: float = 1.0                # λ, weight of the rationale loss; 0 = standard fine-tuning
     label_source: str = "gold"      # "gold" labels, or the "teacher"'s answers (the paper's unlabeled setting)
     train_fraction: float = 1.0     # share of the train split used (seeded subset)
+    train_limit: int | None = None  # the first N train inputs in file order (those a teacher's store covers); None = all
     steps: int = 100                # optimizer steps
     batch_size: int = 8             # per device, per micro-batch
     grad_accum: int = 1             # micro-batches per optimizer step
@@ -85,6 +86,8 @@ class TrainConfig:
             raise SlmError(f"lam must be >= 0, got {self.lam}")
         if self.label_source == "teacher" and self.rationales is None:
             raise SlmError("label source 'teacher' needs a rationale file (--rationales)")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise SlmError(f"train_limit must be at least 1 (or None for the whole split), got {self.train_limit}")
         for name in ("steps", "batch_size", "grad_accum", "max_len"):
             if getattr(self, name) < 1:
                 raise SlmError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -142,7 +145,7 @@ def train(config: TrainConfig) -> TrainRecord:
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(config.seed)
     task = get_task(config.task, config.data)
-    inputs = multitask.select(task.load("train"), config.train_fraction, config.seed)
+    inputs = multitask.select(task.load("train")[:config.train_limit], config.train_fraction, config.seed)
     if config.val_size >= len(inputs):
         raise SlmError(f"val_size={config.val_size} leaves no training inputs out of {len(inputs)}")
     val, inputs = inputs[:config.val_size], inputs[config.val_size:]
