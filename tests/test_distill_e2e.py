@@ -119,6 +119,38 @@ def test_convergence_bench_scores_a_cell_through_its_packages(trained, tmp_path)
     assert (cell / "pkg-fp32.pred.jsonl").is_file()
 
 
+def test_convergence_table_pairs_each_arm_with_standard_and_the_untrained_student(tmp_path):
+    """bench/distill_convergence.py table on written records: per-seed accuracies and their mean, the paired
+    differences (seeds averaged per input) against standard and against the untrained student, the plot."""
+    import subprocess
+    import sys
+
+    ids = [f"q{i}" for i in range(10)]
+    def cell(name, right, best_step=20):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "test.pred.jsonl").write_text("".join(
+            json.dumps({"id": i, "correct": i in right, "output": "x"}) + "\n" for i in ids))
+        if name != "untrained":
+            curve = [{"step": 10, "accuracy": 0.2, "loss": 1.0}, {"step": 20, "accuracy": 0.4, "loss": 0.8}]
+            history = [{"step": s, "loss": 1 / s, "label_loss": 1 / s, "rationale_loss": 0.0, "lr": 1e-4} for s in (10, 20)]
+            (tmp_path / name / "training_record.json").write_text(json.dumps(
+                {"validation": curve, "history": history, "best_step": best_step, "steps": 40, "stopped": "plateau"}))
+    cell("untrained", {"q0"})
+    cell("standard-s0", {"q0", "q1", "q2", "q3"})                      # 40%
+    cell("step-by-step-t-s0", {"q0", "q1", "q2", "q3", "q4", "q5"})    # 60%
+    cell("step-by-step-t-s1", {"q0", "q1", "q2", "q3"})                # 40%: mean 50%, +1 of 10 per input on average
+    bench = Path(__file__).resolve().parents[1] / "bench" / "distill_convergence.py"
+    done = subprocess.run([sys.executable, str(bench), "table", "--task", "svamp", "--out", str(tmp_path),
+                           "--plot", str(tmp_path / "curves.png")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "| student before training (few-shot) | — | 10.0% | — |" in out
+    assert "| step-by-step, t | 60.0% / 40.0% | 50.0% |" in out and "| standard | 40.0% | 40.0% |" in out
+    assert "the paper's T5-Base margin: +2.9" in out and "| t | +10.0 [" in out, out
+    assert "| standard | +30.0 [" in out and "| step-by-step, t | +40.0 [" in out, out
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
 def test_few_shot_answer_is_its_first_line():
     from slm.distill.evaluate import first_line
     assert first_line("( 3.0 + 4.0 )\n\npredict: Tom has") == "( 3.0 + 4.0 )"
