@@ -35,8 +35,9 @@ def register_export(p: argparse.ArgumentParser) -> None:
                    help="block of the re-quantising modes (default 32 for int4/int8, 64 for compact)")
     p.add_argument("--max-positions", type=int, default=None, help="rotary table length (default: min(model's, 8192))")
     p.add_argument("--head-topk", type=int, default=0, metavar="K",
-                   help="read a tied 8-bit head at 4 bits and re-score its top K logits from the 8-bit table "
-                        "(fewer bytes per token; 0 = off; see docs/BENCHMARKS.md)")
+                   help="read the 8-bit head (a tied table, or an untied Q8_0/Q6_K/int8 lm_head) through a 4-bit "
+                        "copy and re-score its top K logits from the 8-bit blocks (fewer bytes per token; 0 = off; "
+                        "see docs/BENCHMARKS.md)")
     p.add_argument("--outliers", type=int, default=8, metavar="N",
                    help="with accuracy level 4: up to N calibrated outlier channels per quantised input go through an "
                         "exact fp32 path instead of int8 activations (LLM.int8() decomposition; 0 = off; docs/BENCHMARKS.md)")

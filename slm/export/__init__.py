@@ -18,7 +18,7 @@ import numpy as np
 
 from slm.export.architectures import float_weights, rotary_tables, spec_of
 from slm.export.calibrate import activation_outliers, input_importance
-from slm.export.graph import build_graph
+from slm.export.graph import HEAD_APPROX, approximate_head, build_graph
 from slm.export.kv_calibration import calibration_ids, kv_ranges, measure_kv, write_scales
 from slm.export.quantize import NBitsWeight, quantize_fit, quantize_rtn
 from slm.core.errors import SlmError, SourceError
@@ -140,6 +140,21 @@ class ExportOptions:
     k_quant_scales: str = "float32"     # a GGUF carry's Q4_K/Q6_K scales: float32, or the file's factors ("gguf")
 
 
+def _topk_head(weights: dict, spec, head_topk: int, quant: str) -> NBitsWeight:
+    """The 8-bit head that --head-topk re-scores: the tied table (an 8-bit copy of it, as the embedding
+    gathers it) or an untied lm_head in 8-bit blocks with integer zero points (int4/int8's, a GGUF's
+    Q8_0, or Q6_K in its 8-bit container); else an error naming what the head is."""
+    head = weights["model.embed_tokens.weight"] if spec.tied_embeddings else weights.get("lm_head.weight")
+    if spec.tied_embeddings and isinstance(head, NBitsWeight):
+        return head
+    if isinstance(head, NBitsWeight) and head.bits == 8 and head.zero_points.dtype == np.uint8:
+        return head
+    what = (f"{head.bits}-bit blocks ({head.source})" if isinstance(head, NBitsWeight) else "float weights")
+    raise SlmError(f"--head-topk {head_topk} needs the head in 8-bit blocks (quant gguf, int4 or int8; a tied table, "
+                   f"or an untied lm_head in Q8_0/Q6_K/int8 blocks); this export is quant {quant!r}, "
+                   f"tied={spec.tied_embeddings}, and its head is {what}")
+
+
 def build_package(source: str | Source | None, out: str | Path, options: ExportOptions = ExportOptions(), *,
                   model=None, tokenizer=None, overwrite: bool = True, **changes) -> Manifest:
     """Export `source` into the package folder `out` as `options` say (keyword `changes` replace
@@ -189,11 +204,10 @@ def build_package(source: str | Source | None, out: str | Path, options: ExportO
     weights, qrec = quantize_weights(weights, quant, block_size=block_size, importance=importance,
                                      gguf_path=getattr(src, "path", None), head_dim=spec.head_dim,
                                      k_quant_scales=o.k_quant_scales)
-    if head_topk and not (spec.tied_embeddings and isinstance(weights["model.embed_tokens.weight"], NBitsWeight)):
-        raise SlmError(f"--head-topk {head_topk} needs a tied head stored as 8-bit blocks (quant gguf, int4 or int8 "
-                       f"of a model with tied embeddings); this export is quant {quant!r}, tied={spec.tied_embeddings}")
     if head_topk < 0 or head_topk > spec.vocab_size:
         raise SlmError(f"--head-topk {head_topk} must be 0 (off) or between 1 and the vocabulary ({spec.vocab_size})")
+    if head_topk:
+        weights[HEAD_APPROX] = approximate_head(_topk_head(weights, spec, head_topk, quant))
     qrec = Quantization(**{**qrec.__dict__, "accuracy_level": accuracy_level if qrec.bits else 0, "head_topk": head_topk})
     if outliers < 0:
         raise SlmError(f"--outliers {outliers} must be 0 (off) or the most channels per input kept in fp32")

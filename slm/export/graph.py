@@ -359,24 +359,38 @@ def side_path_weight(w: NBitsWeight, outliers: Outliers | None) -> np.ndarray:
     return side if outliers is None else np.concatenate([side, outlier_columns(w, outliers)])
 
 
-def topk_rescored_head(g: Graph, h: str, table: NBitsWeight, k: int, accuracy_level: int, H: int) -> str:
-    """A tied head read at 4 bits, its top k logits recomputed exactly from the 8-bit table.
+HEAD_APPROX = "lm_head.topk_approx"      # the weights entry: the head's 4-bit copy for head_topk
+APPROX_BLOCK = 32                        # its block size (symmetric: MatMulNBits' fastest 4-bit kernel)
 
-        h ─► MatMulNBits(4-bit symmetric copy of the table) ─► approx (B, S, V) ─► TopK k ─► ids
-        ids ─► GatherBlockQuantized(8-bit table) ─► rows (B, S, k, H) ─► rows . h (fp32) ─► exact
+
+def approximate_head(exact: NBitsWeight, rows: int = 16384) -> NBitsWeight:
+    """The 4-bit symmetric copy of an 8-bit head that head_topk scores with, `rows` at a time (a
+    151,936-row head is 0.9 GB in float32 at once)."""
+    n = exact.shape[0]
+    return concat_rows([quantize_symmetric(exact.take_rows(slice(i, i + rows)).dequantize(), 4, APPROX_BLOCK)
+                        for i in range(0, n, rows)])
+
+
+def topk_rescored_head(g: Graph, h: str, exact: NBitsWeight, data: str, prefix: str, approx: NBitsWeight,
+                       k: int, accuracy_level: int, H: int) -> str:
+    """An 8-bit head (a tied table, or an untied lm_head such as a GGUF's Q6_K output) read through a
+    4-bit copy, its top k logits recomputed from the 8-bit blocks:
+
+        h ─► MatMulNBits(approx: 4-bit symmetric copy) ─► approx (B, S, V) ─► TopK k ─► ids
+        ids ─► GatherBlockQuantized(`data`: the 8-bit codes (V, H)) ─► rows (B, S, k, H) ─► rows . h (fp32) ─► exact
         logits = approx with exact scattered over the top k
 
-    A decode step reads the head's 4-bit bytes (half of the 8-bit ones) plus k rows; the argmax
-    and the likely tokens carry the 8-bit table's logits with fp32 activations, the tail the 4-bit ones.
-    """
-    approx = linear(g, h, quantize_symmetric(table.dequantize(), 4, table.block_size), "head4", None, accuracy_level)
-    _, ids = g.op("TopK", [approx, g.init("head_topk/k", np.array([k], np.int64))], n_out=2, axis=-1)
-    rows = g.op("GatherBlockQuantized", ["embed.qweight", ids, *table_gather_inputs(g, table)],
-                domain=MS, gather_axis=0, quantize_axis=2, block_size=table.block_size, bits=8)
+    A decode step reads the 4-bit copy's bytes (about half the 8-bit head's in MatMulNBits' packed
+    layout) plus k rows; the argmax and the likely tokens carry the 8-bit head's logits with fp32
+    activations, the tail the 4-bit ones. `prefix` names the 8-bit head's scales and zero points."""
+    logits4 = linear(g, h, approx, "head4", None, accuracy_level)
+    _, ids = g.op("TopK", [logits4, g.init("head_topk/k", np.array([k], np.int64))], n_out=2, axis=-1)
+    rows = g.op("GatherBlockQuantized", [data, ids, *table_gather_inputs(g, exact, prefix)],
+                domain=MS, gather_axis=0, quantize_axis=2, block_size=exact.block_size, bits=8)
     rows = g.op("Reshape", [rows, g.init("head_topk/rows", np.array([0, 0, k, H], np.int64))])
     h4 = g.op("Unsqueeze", [h, g.init("axes/2", np.array([2], np.int64))])                 # (B, S, 1, H)
-    exact = g.op("ReduceSum", [g.op("Mul", [rows, h4]), g.init("axes/-1", np.array([-1], np.int64))], keepdims=0)
-    return g.op("ScatterElements", [approx, ids, exact], axis=-1)
+    rescored = g.op("ReduceSum", [g.op("Mul", [rows, h4]), g.init("axes/-1", np.array([-1], np.int64))], keepdims=0)
+    return g.op("ScatterElements", [logits4, ids, rescored], axis=-1)
 
 
 def gather_4bit_rows(g: Graph, table: NBitsWeight, ids: str) -> str:
@@ -409,22 +423,23 @@ def gather_4bit_rows(g: Graph, table: NBitsWeight, ids: str) -> str:
     return g.op("Reshape", [x, g.init("shape/hidden", np.array([0, 0, h], np.int64))])
 
 
-def table_gather_inputs(g: Graph, table: NBitsWeight) -> tuple[str, str]:
-    """GatherBlockQuantized's scales and zero points (V, H/bs, 1) for the 8-bit table, made once per
-    graph (the embedding and a re-scored head read them): float32 as is, or the head's folded scales
-    and the one constant zero point of a GGUF carry (zero_points_input)."""
+def table_gather_inputs(g: Graph, table: NBitsWeight, prefix: str = "embed") -> tuple[str, str]:
+    """GatherBlockQuantized's scales and zero points (V, H/bs, 1) for an 8-bit table (`prefix`: "embed",
+    or "lm_head" for an untied re-scored head), made once per graph (the embedding and a re-scored tied
+    head read them): float32 as is, or the folded scales and the one constant zero point of a GGUF carry
+    (zero_points_input)."""
     if _stored(table) is None:
-        return (g.init("embed.scales3d", table.scales[..., None]),
-                g.init("embed.zero_points3d", table.zero_points[..., None]))
-    if "embed.scales3d" in g.made:
-        return g.made["embed.scales3d"], g.made["embed.zero_points3d"]
-    scales3d = block_scales(g, "embed", table, trailing_one=True)
+        return (g.init(f"{prefix}.scales3d", table.scales[..., None]),
+                g.init(f"{prefix}.zero_points3d", table.zero_points[..., None]))
+    if f"{prefix}.scales3d" in g.made:
+        return g.made[f"{prefix}.scales3d"], g.made[f"{prefix}.zero_points3d"]
+    scales3d = block_scales(g, prefix, table, trailing_one=True)
     size = table.zero_points.size
-    zp = zero_points_input(g, "embed", table) or g.op("Expand", [g.init("zero_point/128", np.array([128], np.uint8)),
-                                                                 g.init(f"shape/{size}", np.array([size], np.int64))])
+    zp = zero_points_input(g, prefix, table) or g.op("Expand", [g.init("zero_point/128", np.array([128], np.uint8)),
+                                                                g.init(f"shape/{size}", np.array([size], np.int64))])
     v, nb = table.scales.shape
     zp3d = g.op("Reshape", [zp, g.init(f"shape/{v}x{nb}x1", np.array([v, nb, 1], np.int64))])
-    g.made["embed.scales3d"], g.made["embed.zero_points3d"] = scales3d, zp3d
+    g.made[f"{prefix}.scales3d"], g.made[f"{prefix}.zero_points3d"] = scales3d, zp3d
     return scales3d, zp3d
 
 
@@ -689,8 +704,10 @@ def head(g: Graph, layer: Layer, table, embed_name: str | None, pending: str, re
         logits = g.op("Reshape", [logits, g.op("Concat", [g.op("Slice", [g.op("Shape", [h]), g.init("s0", np.array([0], np.int64)),
                                                                            g.init("s2", np.array([2], np.int64))]),
                                                           g.init("vocab", np.array([spec.vocab_size], np.int64))], axis=0)])
-    elif head_topk and lm_head is table and isinstance(table, NBitsWeight):
-        logits = topk_rescored_head(g, h, table, head_topk, acc, H)
+    elif head_topk:                     # an 8-bit head through its 4-bit copy (export checked both are there)
+        data = "embed.qweight" if lm_head is table else g.init("lm_head.qweight8", lm_head.packed())
+        logits = topk_rescored_head(g, h, lm_head, data, "embed" if lm_head is table else "lm_head",
+                                    weights[HEAD_APPROX], head_topk, acc, H)
     else:
         logits = linear(g, h, lm_head, "embed" if lm_head is table else "lm_head", None, acc, head_outliers)
     if spec.final_logit_softcap:
