@@ -114,6 +114,14 @@ def table(args: argparse.Namespace) -> None:
             if name != "standard":
                 d = paired_bootstrap(scores, per_arm["standard"])
                 print(f"| {name.replace('step-by-step-', '')} | {d.line()} | {d.inputs} |")
+    teachers = [n for n in per_arm if n != "standard"]
+    if len(teachers) > 1:
+        print("\n| one teacher's rationales − another's | points, paired bootstrap 95% interval | test inputs |"
+              "\n|---|---:|---:|")
+        for i, a in enumerate(teachers):
+            for b in teachers[i + 1:]:
+                d = paired_bootstrap(per_arm[a], per_arm[b])
+                print(f"| {a.replace('step-by-step-', '')} − {b.replace('step-by-step-', '')} | {d.line()} | {d.inputs} |")
     if base.is_file() and per_arm:
         untrained = correctness(base)
         print("\n| trained − untrained (few-shot) | points, paired bootstrap 95% interval | test inputs |\n|---|---:|---:|")

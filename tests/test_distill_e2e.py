@@ -121,7 +121,8 @@ def test_convergence_bench_scores_a_cell_through_its_packages(trained, tmp_path)
 
 def test_convergence_table_pairs_each_arm_with_standard_and_the_untrained_student(tmp_path):
     """bench/distill_convergence.py table on written records: per-seed accuracies and their mean, the paired
-    differences (seeds averaged per input) against standard and against the untrained student, the plot."""
+    differences (seeds averaged per input) against standard, between teachers and against the untrained student,
+    the plot."""
     import subprocess
     import sys
 
@@ -139,6 +140,7 @@ def test_convergence_table_pairs_each_arm_with_standard_and_the_untrained_studen
     cell("standard-s0", {"q0", "q1", "q2", "q3"})                      # 40%
     cell("step-by-step-t-s0", {"q0", "q1", "q2", "q3", "q4", "q5"})    # 60%
     cell("step-by-step-t-s1", {"q0", "q1", "q2", "q3"})                # 40%: mean 50%, +1 of 10 per input on average
+    cell("step-by-step-u-s0", {"q0", "q1"})                            # 20%: another teacher's rationales
     bench = Path(__file__).resolve().parents[1] / "bench" / "distill_convergence.py"
     done = subprocess.run([sys.executable, str(bench), "table", "--task", "svamp", "--out", str(tmp_path),
                            "--plot", str(tmp_path / "curves.png")], capture_output=True, text=True, timeout=120)
@@ -148,6 +150,7 @@ def test_convergence_table_pairs_each_arm_with_standard_and_the_untrained_studen
     assert "| step-by-step, t | 60.0% / 40.0% | 50.0% |" in out and "| standard | 40.0% | 40.0% |" in out
     assert "the paper's T5-Base margin: +2.9" in out and "| t | +10.0 [" in out, out
     assert "| standard | +30.0 [" in out and "| step-by-step, t | +40.0 [" in out, out
+    assert "| t − u | +30.0 [" in out and "| u | -20.0 [" in out, out                # teacher against teacher, paired
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
