@@ -1,13 +1,14 @@
 """Does mapping ONNX Runtime's saved prepacked weights lower a package's peak RSS? (docs/BENCHMARKS.md, session 13)
 
-    python bench/prepacked_mmap.py PACKAGE [--prompt 512] [--rounds 2] [--cache /tmp/slm-prepacked]
+    python -m bench.prepacked_mmap PACKAGE [--prompt 512] [--rounds 2] [--cache /tmp/slm-prepacked]
 
 First ONNX Runtime writes the package's graph optimized, with the buffers it prepacks for MatMulNBits in an
 external data file (`session.save_external_prepacked_constant_initializers=1`). Then, in a fresh process per
 variant and round: `Engine(package)` as shipped ("heap": prepacked at load), or the same Engine whose session
 opens the saved graph with optimizations off ("mapped": the prepacked buffers are file pages); a --prompt-token
 prompt + 16 tokens, then 64 greedy tokens of the capital question. Prints peak RSS, the anonymous / file-backed
-split, load seconds, decode tokens/s and the reply, then what is resident after load by mapping (/proc/self/smaps). A probe: it swaps the Engine's session opener in its worker.
+split, load seconds, decode tokens/s and the reply, then what is resident after load by mapping
+(/proc/self/smaps). A probe: it swaps the Engine's session opener in its worker.
 """
 from __future__ import annotations
 
@@ -18,16 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-MIB = 2 ** 20
-
-
-def status() -> dict[str, float]:
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields
+from bench.package_memory import MIB, ROOT, status
 
 
 def resident_by_mapping(top: int = 6) -> list[tuple[str, float]]:
@@ -79,7 +71,8 @@ def worker(package: str, variant: str, cache: Path, prompt: int, threads: int) -
             options.log_severity_level = 3
             options.intra_op_num_threads = threads or 2
             options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(cache / Path(model_path).name), options, providers=["CPUExecutionProvider"])
+            saved = cache / Path(model_path).name
+            session = ort.InferenceSession(str(saved), options, providers=["CPUExecutionProvider"])
             return session, "cpu", "the saved prepacked graph"
         engine_module.open_session = open_saved
     start = time.perf_counter()
@@ -109,9 +102,11 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.package, args.worker, cache, args.prompt, args.threads)))
         return
+
     def run(variant: str) -> dict:
-        out = subprocess.run([sys.executable, __file__, args.package, "--worker", variant, "--cache", str(cache),
-                              "--prompt", str(args.prompt), "--threads", str(args.threads)], capture_output=True, text=True)
+        command = [sys.executable, "-m", "bench.prepacked_mmap", args.package, "--worker", variant,
+                   "--cache", str(cache), "--prompt", str(args.prompt), "--threads", str(args.threads)]
+        out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         if out.returncode:
             raise SystemExit(f"{variant}: the worker failed:\n{out.stderr[-2000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
